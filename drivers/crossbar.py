@@ -1,0 +1,126 @@
+"""`CrossbarTester`: the 1T1MTJ crossbar array tester of docs/scpi.md.
+
+Settings are declared controls with the instrument's hard limits; whole-array reads, writes
+and inference move one binary block each. Shapes and values are checked before sending.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from drivers.controls import (
+    boolean,
+    control,
+    in_range,
+    measurement,
+    on_off,
+    one_of,
+    parse_bool,
+    parse_ints,
+    validate,
+)
+from drivers.errors import ReplyError
+from drivers.scpi import SCPIInstrument
+from drivers.transport import Resource
+
+#: Cell states of docs/scpi.md; KEEP only in PROG:ARR targets.
+P, AP, KEEP = 0, 1, 2
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    rows, cols = parse_ints(text)
+    if rows <= 0 or cols <= 0:
+        raise ValueError("array size must be positive")
+    return rows, cols
+
+
+def _check_integer_array(name: str, array: ArrayLike, shape: tuple[int, ...],
+                         allowed: tuple[int, ...]) -> np.ndarray:
+    """`array` as uint8 after checking its shape and that every value is in `allowed`."""
+    arr = np.asarray(array)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    if arr.dtype.kind not in "biu":
+        raise ValueError(f"{name} must be an integer or bool array, got dtype {arr.dtype}")
+    if arr.size and not np.isin(arr, allowed).all():
+        bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
+        raise ValueError(f"{name} values must be in {allowed}, got {bad}")
+    return arr.astype(np.uint8, copy=False)
+
+
+class CrossbarTester(SCPIInstrument):
+    """Crossbar array tester; the array size is read once at connect and cached."""
+
+    read_voltage_v = control(
+        "SOUR:READ:VOLT?", "SOUR:READ:VOLT {:.6g}", "read voltage",
+        units="V", validator=in_range(0.01, 0.5))
+    pulse_amplitude_v = control(
+        "SOUR:PULS:AMPL?", "SOUR:PULS:AMPL {:.6g}", "write pulse amplitude",
+        units="V", validator=in_range(0.0, 2.0))
+    pulse_width_s = control(
+        "SOUR:PULS:WIDT?", "SOUR:PULS:WIDT {:.6g}", "write pulse width",
+        units="s", validator=in_range(1e-9, 1e-3))
+    compliance_a = control(
+        "SENS:CURR:COMP?", "SENS:CURR:COMP {:.6g}", "current compliance",
+        units="A", validator=in_range(1e-6, 0.1))
+    output_enabled = control(
+        "OUTP?", "OUTP {}", "source output on", validator=boolean, cast=parse_bool,
+        encode=on_off)
+    array_size = measurement("ARR:SIZE?", "array (rows, cols)", cast=_parse_size, cached=True)
+    in_contact = measurement("CONT?", "a die is in contact", cast=parse_bool)
+
+    def __init__(self, resource: Resource, name: str = "xbar", *, check_errors: bool = True):
+        super().__init__(resource, name, check_errors=check_errors)
+        self.rows, self.cols = self.array_size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the array."""
+        return self.rows, self.cols
+
+    # -- whole array ----------------------------------------------------------------------------
+
+    def read_array(self) -> np.ndarray:
+        """Every cell's resistance in ohm, shape (rows, cols), in one ``MEAS:ARR?``."""
+        values = self.query_block("MEAS:ARR?", np.float32, self.rows * self.cols)
+        return values.reshape(self.shape).astype(np.float64)
+
+    def program_array(self, targets: ArrayLike) -> None:
+        """One write pulse towards `targets` (rows, cols) of 0 = P, 1 = AP, 2 = keep."""
+        arr = _check_integer_array("targets", targets, self.shape, (P, AP, KEEP))
+        self.write_block("PROG:ARR", arr, np.uint8)
+
+    def infer(self, inputs: ArrayLike) -> np.ndarray:
+        """Column currents in A, shape (n, cols), for binary input vectors of shape (n, rows)."""
+        arr = np.asarray(inputs)
+        if arr.ndim != 2 or arr.shape[1] != self.rows or arr.shape[0] < 1:
+            raise ValueError(f"inputs must have shape (n >= 1, {self.rows}), got {arr.shape}")
+        arr = _check_integer_array("inputs", arr, arr.shape, (0, 1))
+        n = arr.shape[0]
+        currents = self.query_block(
+            "INF:CURR?", np.float32, n * self.cols, data=arr, data_dtype=np.uint8
+        )
+        return currents.reshape(n, self.cols).astype(np.float64)
+
+    # -- single cells ---------------------------------------------------------------------------
+
+    def _cell(self, row: int, col: int) -> tuple[int, int]:
+        return (validate("row", row, in_range(0, self.rows - 1, integer=True)),
+                validate("col", col, in_range(0, self.cols - 1, integer=True)))
+
+    def read_cell(self, row: int, col: int) -> float:
+        """One cell's resistance in ohm (``MEAS:CELL?``)."""
+        r, c = self._cell(row, col)
+        command = f"MEAS:CELL? {r},{c}"
+        reply = self.query(command)
+        try:
+            return float(reply)
+        except ValueError:
+            raise ReplyError(self.name, command, reply, "not a number") from None
+
+    def write_cell(self, row: int, col: int, state: int) -> None:
+        """One write pulse on one cell towards `state` (0 = P, 1 = AP)."""
+        r, c = self._cell(row, col)
+        s = validate("state", state, one_of(P, AP))
+        self.write(f"PROG:CELL {r},{c},{int(s)}")

@@ -1,0 +1,213 @@
+"""Probe stations: a neutral `Prober` interface and the FormFactor Velox text dialect.
+
+The station codes against `Prober` only. A dialect subclass maps the verbs onto its command
+set and reply format: `VeloxProber` here (``<code>: <data>``, docs/scpi.md); an MPI SENTIO
+dialect (``map:step_next_die``, replies ``errc,cmd_id,msg``) would be another subclass with
+its own reply parser and the same verbs.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
+
+from drivers.errors import ProberError, ReplyError
+from drivers.transport import Resource, Transport, open_resource
+
+P = TypeVar("P", bound="Prober")
+V = TypeVar("V", bound="VeloxProber")
+
+
+class DieIndex(NamedTuple):
+    """A die's wafer-map index (immutable, hashable, sortable)."""
+
+    col: int
+    row: int
+
+
+class Prober(ABC):
+    """The verbs a wafer sweep needs from any probe station."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """Manufacturer, model, serial, version."""
+
+    @abstractmethod
+    def software_version(self) -> str:
+        """The prober control software's version."""
+
+    @abstractmethod
+    def first_die(self) -> DieIndex | None:
+        """Move to the first die of the wafer map; None if the map is empty."""
+
+    @abstractmethod
+    def next_die(self) -> DieIndex | None:
+        """Move to the next die in map order; None at the end of the wafer."""
+
+    @abstractmethod
+    def goto_die(self, die: DieIndex) -> DieIndex:
+        """Move to `die`; returns where the chuck is now."""
+
+    @abstractmethod
+    def contact(self) -> None:
+        """Bring the probe card into contact with the current die."""
+
+    @abstractmethod
+    def separate(self) -> None:
+        """Separate the chuck from the probe card (always safe, idempotent)."""
+
+    @abstractmethod
+    def position(self) -> DieIndex:
+        """The current die."""
+
+    @abstractmethod
+    def in_contact(self) -> bool:
+        """True while the probe card touches the die."""
+
+    @abstractmethod
+    def wafer_map(self) -> list[DieIndex]:
+        """The dies of the wafer map in stepping order."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def __enter__(self: P) -> P:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# -- Velox dialect ----------------------------------------------------------------------------
+
+OK = 0
+END_OF_WAFER = 703
+_REPLY = re.compile(r"^\s*(-?\d+):\s?(.*)$", re.DOTALL)
+
+
+def parse_velox_reply(reply: str, command: str, instrument: str = "prober") -> str | None:
+    """The data of a Velox ``<code>: <data>`` reply.
+
+    Code 0 returns the data; 703 (end of wafer, a status) returns None; any other code raises
+    ProberError with the code, the prober's message and the command. Malformed -> ReplyError.
+    """
+    match = _REPLY.match(reply)
+    if match is None:
+        raise ReplyError(instrument, command, reply, "expected '<code>: <data>'")
+    code, data = int(match.group(1)), match.group(2).strip()
+    if code == OK:
+        return data
+    if code == END_OF_WAFER:
+        return None
+    raise ProberError(code, data, command, instrument)
+
+
+class VeloxProber(Prober):
+    """FormFactor Velox-style prober over a VISA message resource (docs/scpi.md)."""
+
+    def __init__(self, resource: Resource, name: str = "prober") -> None:
+        self.name = name
+        self._transport = Transport(resource, name)
+
+    @classmethod
+    def open(cls: type[V], rm: Any, address: str, *, timeout_s: float = 5.0, **kwargs: Any) -> V:
+        """Open `address` on pyvisa ResourceManager `rm` and wrap it."""
+        return cls(open_resource(rm, address, timeout_s), **kwargs)
+
+    def ask(self, command: str) -> str:
+        """Send `command`, return the raw reply text (no code interpretation)."""
+        self._transport.write(command.encode("ascii"), command)
+        return self._transport.read_text(command)
+
+    def _command(self, command: str, *, end_allowed: bool = False) -> str | None:
+        data = parse_velox_reply(self.ask(command), command, self.name)
+        if data is None and not end_allowed:
+            raise ProberError(END_OF_WAFER, "End of wafer.", command, self.name)
+        return data
+
+    def _data(self, command: str) -> str:
+        data = self._command(command)
+        assert data is not None  # _command raises on 703 unless end_allowed
+        return data
+
+    def _die(self, command: str, data: str) -> DieIndex:
+        """``<col> <row> [subdie count]`` -> DieIndex."""
+        parts = data.split()
+        try:
+            return DieIndex(int(parts[0]), int(parts[1]))
+        except (IndexError, ValueError):
+            raise ReplyError(self.name, command, data, "expected '<col> <row> ...'") from None
+
+    def _step(self, command: str) -> DieIndex | None:
+        data = self._command(command, end_allowed=True)
+        return None if data is None else self._die(command, data)
+
+    def identity(self) -> str:
+        return self.ask("*IDN?")
+
+    def software_version(self) -> str:
+        return self._data("ReportSoftwareVersion")
+
+    def first_die(self) -> DieIndex | None:
+        return self._step("StepFirstDie")
+
+    def next_die(self) -> DieIndex | None:
+        return self._step("StepNextDie")
+
+    def goto_die(self, die: DieIndex) -> DieIndex:
+        col, row = die
+        if isinstance(col, bool) or isinstance(row, bool):
+            raise TypeError(f"die index must be two ints, got {die!r}")
+        command = f"StepNextDie {int(col)} {int(row)}"
+        return self._die(command, self._data(command))
+
+    def contact(self) -> None:
+        self._data("MoveChuckContact")
+
+    def separate(self) -> None:
+        self._data("MoveChuckSeparation")
+
+    def position(self) -> DieIndex:
+        return self._die("ReadChuckIndex", self._data("ReadChuckIndex"))
+
+    def in_contact(self) -> bool:
+        state = self._data("ReadChuckStatus")
+        if state not in ("C", "S"):
+            raise ReplyError(self.name, "ReadChuckStatus", state, "expected 'C' or 'S'")
+        return state == "C"
+
+    def wafer_map(self) -> list[DieIndex]:
+        command = "ReadWaferMap"
+        data = self._data(command)
+        head, _, rest = data.partition(" ")
+        try:
+            count = int(head)
+            dies = [DieIndex(*map(int, item.split(","))) for item in rest.split()]
+        except (TypeError, ValueError):
+            raise ReplyError(self.name, command, data, "expected '<n> <col>,<row> ...'") from None
+        if len(dies) != count:
+            raise ReplyError(self.name, command, data, f"announced {count} dies, got {len(dies)}")
+        return dies
+
+    @property
+    def timeout_s(self) -> float | None:
+        """I/O timeout in seconds."""
+        return self._transport.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float | None) -> None:
+        self._transport.timeout_s = seconds
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

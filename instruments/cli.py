@@ -1,0 +1,196 @@
+"""`mtjlab`: the operator's command line.
+
+Exit codes: 0 ok, 1 failed (or interrupted) run, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Wrong arguments or unusable input files: exit code 2."""
+
+
+def _progress(total: int | None, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="die", disable=quiet, file=sys.stderr,
+                leave=False)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import load_station
+    from .store import RunStore
+    from .sweep import StopFlag, run_sweep, stop_on_sigint
+
+    config = load_station(args.station)
+    stop = StopFlag()
+    with RunStore(args.store) as store, _progress(None, "sweep", args.quiet) as bar:
+        def progress(die, m):  # type: ignore[no-untyped-def]
+            bar.update(1)
+            if m is not None and not args.quiet:
+                bar.set_postfix(die=f"{die.col},{die.row}", **m.counts())
+
+        with stop_on_sigint(stop):
+            run_id = run_sweep(config, store, resume=args.resume, stop=stop, progress=progress)
+    _say(args, f"run {run_id}: sweep finished; results in {args.store}")
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .store import RunStore
+
+    with RunStore(args.store, create=False) as store:
+        rows = store.runs()
+    print(f"{'run':>4}  {'kind':<10} {'status':<12} {'dies':>4}  {'created (UTC)':<20} error")
+    for r in rows:
+        print(f"{r.run_id:>4}  {r.kind:<10} {r.status:<12} {r.dies_done:>4}  "
+              f"{r.created_utc:<20} {r.error or ''}")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_store
+
+    path = export_store(args.store, args.out, args.format, run_id=args.run)
+    _say(args, f"exported to {path}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(out=Path(args.out), seed=args.seed, data_dir=args.data_dir, quiet=args.quiet,
+             small=args.small)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .loop import train_from_store
+
+    train_from_store(args.store, args.method, seed=args.seed, data_dir=args.data_dir,
+                     quiet=args.quiet)
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .loop import evaluate_from_store
+
+    evaluate_from_store(args.store, seed=args.seed, data_dir=args.data_dir, quiet=args.quiet)
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .loop import report_from_store
+
+    report_from_store(args.store, Path(args.out))
+    _say(args, f"report written to {args.out}")
+    return EXIT_OK
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtjlab", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"mtjlab {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
+    p.add_argument("-v", "--verbose", action="store_true", help="log retries and recoveries")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+        return sp
+
+    sp = add("demo", cmd_demo, "closed loop on the simulated wafer: measure, train, program, infer")
+    sp.add_argument("--out", default="out", help="output folder (default: out)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--data-dir", default=None, help="MNIST IDX folder (default: embedded set)")
+    sp.add_argument("--small", action="store_true", help="a quick, reduced configuration")
+
+    sp = add("sweep", cmd_sweep, "measure the defect map of every planned die")
+    sp.add_argument("--station", required=True, help="station YAML file")
+    sp.add_argument("--store", required=True, help="run store (SQLite file)")
+    sp.add_argument("--resume", action="store_true", help="continue the last unfinished sweep")
+
+    sp = add("train", cmd_train, "train on the measured maps of the store's latest sweep")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--method", required=True, choices=["baseline", "hat", "sat"])
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--data-dir", default=None)
+
+    sp = add("evaluate", cmd_evaluate, "evaluate the store's trained weights on measured dies")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--data-dir", default=None)
+
+    sp = add("report", cmd_report, "write report.md, summary.json and plots from a store")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("runs", cmd_runs, "list the runs in a store")
+    sp.add_argument("--store", required=True)
+
+    sp = add("export", cmd_export, "export a run's arrays")
+    sp.add_argument("--store", required=True)
+    sp.add_argument("--format", required=True, choices=["hdf5", "npz"])
+    sp.add_argument("--out", default=None, help="output file (default: next to the store)")
+    sp.add_argument("--run", type=int, default=None, help="run id (default: latest)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command, mapping failures onto exit codes with a one-line reason."""
+    from pydantic import ValidationError
+
+    from .config import StationFileError
+    from .station import StationError
+    from .store import StoreError
+    from .sweep import SweepInterrupted
+
+    try:
+        return args.fn(args)
+    except (BadInput, StationFileError, ValidationError, FileNotFoundError) as err:
+        print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as err:
+        print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SweepInterrupted as err:
+        print(f"mtjlab {args.command}: interrupted: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"mtjlab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except (StationError, StoreError, RuntimeError, OSError) as err:
+        print(f"mtjlab {args.command}: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The station file: instruments, safety limits, wafer plan and measurement settings.
+
+A YAML file validated once, at the edge, by pydantic. Errors name the file, the line, the key
+and what was expected, in words a lab operator understands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simulated_hw import WaferConfig
+
+
+class StationFileError(ValueError):
+    """A station file that cannot be used; the message is meant for the operator."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SimulatedInstruments(_Model):
+    """Both instruments on one simulated wafer."""
+
+    seed: int = 0
+    wafer: WaferConfig = WaferConfig()
+
+
+class InstrumentConfig(_Model):
+    resource: str | None = Field(None, description="VISA resource string")
+    timeout_s: float = Field(5.0, gt=0, le=600)
+
+
+class ProberConfig(InstrumentConfig):
+    dialect: Literal["velox"] = "velox"
+
+
+class InstrumentsConfig(_Model):
+    simulated: SimulatedInstruments | None = None
+    visa_library: str = Field("", description="pyvisa backend for real hardware, e.g. '@py'")
+    prober: ProberConfig = ProberConfig()
+    tester: InstrumentConfig = InstrumentConfig()
+
+    @model_validator(mode="after")
+    def _resources_known(self) -> InstrumentsConfig:
+        if self.simulated is None:
+            missing = [n for n, c in (("prober", self.prober), ("tester", self.tester))
+                       if not c.resource]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} need a 'resource' (a VISA address) unless "
+                    "'simulated' is set")
+        return self
+
+
+class SafetyLimits(_Model):
+    """Hard limits no command may exceed, whatever the caller asks."""
+
+    max_pulse_v: float = Field(1.2, gt=0, le=2.0)
+    max_pulse_width_s: float = Field(1e-6, gt=0, le=1e-3)
+    max_read_v: float = Field(0.3, gt=0, le=0.5)
+    max_compliance_a: float = Field(0.05, gt=0, le=0.1)
+
+
+class WaferPlan(_Model):
+    """Which dies to visit, in which order."""
+
+    dies: Literal["all"] | list[tuple[int, int]] = "all"
+    order: Literal["map", "listed"] = "map"
+
+
+class MeasurementConfig(_Model):
+    """Read and write settings and the defect-classification thresholds."""
+
+    read_voltage_v: float = Field(0.1, gt=0)
+    pulse_v: float = Field(0.9, gt=0)
+    pulse_width_s: float = Field(5e-8, gt=0)
+    compliance_a: float = Field(0.01, gt=0)
+    max_write_pulses: int = Field(6, ge=1, le=50, description="write-verify attempts")
+    pulse_step_v: float = Field(0.05, ge=0, description="escalation per failed attempt")
+    short_max_ohm: float = Field(2_500.0, gt=0, description="below: shorted cell")
+    open_min_ohm: float = Field(100_000.0, gt=0, description="above: open cell")
+    p_ap_threshold_ohm: float = Field(8_500.0, gt=0, description="P below, AP above")
+    ambiguity_band_rel: float = Field(0.05, ge=0, lt=0.5,
+                                      description="re-measure cells this close to a threshold")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MeasurementConfig:
+        if not self.short_max_ohm < self.p_ap_threshold_ohm < self.open_min_ohm:
+            raise ValueError("thresholds must satisfy short_max_ohm < p_ap_threshold_ohm "
+                             "< open_min_ohm")
+        return self
+
+
+class RetryConfig(_Model):
+    """Bounded retries of idempotent operations after communication faults."""
+
+    max_attempts: int = Field(4, ge=1, le=20)
+    backoff_s: float = Field(0.0, ge=0, le=10)
+
+
+class StationConfig(_Model):
+    """A whole station file."""
+
+    name: str = "station"
+    instruments: InstrumentsConfig = InstrumentsConfig(simulated=SimulatedInstruments())
+    safety: SafetyLimits = SafetyLimits()
+    wafer: WaferPlan = WaferPlan()
+    measurement: MeasurementConfig = MeasurementConfig()
+    retry: RetryConfig = RetryConfig()
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> StationConfig:
+        m, s = self.measurement, self.safety
+        checks = [
+            ("measurement.pulse_v", m.pulse_v, "safety.max_pulse_v", s.max_pulse_v),
+            ("measurement.pulse_width_s", m.pulse_width_s, "safety.max_pulse_width_s",
+             s.max_pulse_width_s),
+            ("measurement.read_voltage_v", m.read_voltage_v, "safety.max_read_v", s.max_read_v),
+            ("measurement.compliance_a", m.compliance_a, "safety.max_compliance_a",
+             s.max_compliance_a),
+        ]
+        for key, value, limit_key, limit in checks:
+            if value > limit:
+                raise ValueError(f"{key} = {value:g} exceeds {limit_key} = {limit:g}")
+        return self
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on a pydantic error location."""
+    line = None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(
+                node.value):
+            node = node.value[key]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> str:
+    """One line per problem: file:line: key: what was expected."""
+    lines = [f"{source}: invalid station file ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        # Drop pydantic's union-branch tags ("literal['all']", "list[...]") from the key path.
+        loc = tuple(x for x in e["loc"]
+                    if not (isinstance(x, str) and ("[" in x or x.startswith("function"))))
+        key = ".".join(str(x) for x in loc) or "(top level)"
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {where}: {key}: {e['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_station(text: str, source: str = "<station>") -> StationConfig:
+    """Validate station YAML text; raise StationFileError with an operator's message."""
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise StationFileError(f"{source}: not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StationFileError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as err:
+        raise StationFileError(format_validation_error(err, source, root)) from err
+
+
+def load_station(path: str | Path) -> StationConfig:
+    """Read and validate a station file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise StationFileError(f"{path}: station file not found") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise StationFileError(f"{path}: cannot read station file: {err}") from err
+    return parse_station(text, str(path))
+
+
+def station_to_yaml(config: StationConfig) -> str:
+    """The station as YAML text (stored with each run)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,149 @@
+"""Wafer sweep: visit each die (separate, step, contact, measure, separate) with a journal.
+
+Each die's results are committed atomically with the journal entry that marks it done, so a
+sweep killed at any moment resumes without repeating or losing a die. SIGINT (Ctrl-C) asks
+the sweep to stop at the next safe point: between dies, chuck separated, output off.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+
+import numpy as np
+
+from drivers.prober import DieIndex
+
+from . import __version__
+from .config import StationConfig, station_to_yaml
+from .defect_map import DieMeasurement, measure_defect_map
+from .station import Station
+from .store import RunStore, die_key
+
+SWEEP_KIND = "sweep"
+
+
+class SweepInterrupted(RuntimeError):
+    """The operator asked the sweep to stop; it stopped at a safe point and can resume."""
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler or another thread; checked at safe points."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def request(self) -> None:
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+@contextmanager
+def stop_on_sigint(flag: StopFlag) -> Iterator[None]:
+    """Turn the first Ctrl-C into a stop request (a second one interrupts at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if flag.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag.request()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def planned_dies(station: Station) -> list[DieIndex]:
+    """Dies to visit, from the station file's wafer plan and the prober's wafer map."""
+    plan = station.config.wafer
+    wafer_map = station.wafer_map()
+    if plan.dies == "all":
+        return wafer_map
+    wanted = [DieIndex(c, r) for c, r in plan.dies]
+    unknown = [d for d in wanted if d not in wafer_map]
+    if unknown:
+        raise ValueError(f"dies not on the wafer map: {unknown}")
+    if plan.order == "map":
+        return [d for d in wafer_map if d in wanted]
+    return wanted
+
+
+def die_arrays(m: DieMeasurement) -> dict[str, np.ndarray]:
+    return {"kinds": m.kinds, "r_p_ohm": m.r_p_ohm, "r_ap_ohm": m.r_ap_ohm}
+
+
+def start_run(store: RunStore, station: Station, config: StationConfig, kind: str,
+              seeds: dict[str, int] | None = None) -> int:
+    """A new run with the station file, instrument snapshot, version and seeds."""
+    sim = config.instruments.simulated
+    seeds = dict(seeds or {})
+    if sim is not None:
+        seeds.setdefault("wafer", sim.seed)
+    return store.create_run(kind, station_to_yaml(config), station.snapshot(), __version__,
+                            seeds)
+
+
+ProgressFn = Callable[[DieIndex, DieMeasurement | None], None]
+
+
+def sweep(station: Station, store: RunStore, run_id: int, *,
+          stop: StopFlag | None = None, progress: ProgressFn | None = None) -> list[DieIndex]:
+    """Measure every planned die not yet done in `run_id`; returns the dies measured now."""
+    stop = stop or StopFlag()
+    done = set(store.dies_done(run_id))
+    measured: list[DieIndex] = []
+    for die in planned_dies(station):
+        key = die_key(die)
+        if key in done:
+            if progress:
+                progress(die, None)
+            continue
+        if stop.requested:
+            raise SweepInterrupted(f"stopped before die {key}; resume with --resume")
+        store.journal(run_id, key, "die", "started")
+        with station.at_die(die):
+            store.journal(run_id, key, "measure", "started")
+            m = measure_defect_map(station)
+        store.commit_die(run_id, key, die_arrays(m),
+                         {"counts": m.counts(), "remeasured": m.remeasured, "pulses": m.pulses})
+        measured.append(die)
+        if progress:
+            progress(die, m)
+    return measured
+
+
+def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
+              stop: StopFlag | None = None, progress: ProgressFn | None = None,
+              station_factory: Callable[[StationConfig], Station] = Station) -> int:
+    """Open the station, start (or resume) a sweep run, keep the run's status honest."""
+    with station_factory(config) as station:
+        run_id = store.latest_run(SWEEP_KIND, unfinished=True) if resume else None
+        if resume and run_id is None:
+            raise ValueError(f"{store.path}: no unfinished sweep to resume")
+        if run_id is None:
+            run_id = start_run(store, station, config, SWEEP_KIND)
+        else:
+            store.set_status(run_id, "running")
+        try:
+            sweep(station, store, run_id, stop=stop, progress=progress)
+        except SweepInterrupted as err:
+            store.set_status(run_id, "interrupted", str(err))
+            raise
+        except BaseException as err:
+            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
+            raise
+        store.set_status(run_id, "finished")
+        return run_id

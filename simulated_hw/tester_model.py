@@ -1,0 +1,160 @@
+"""The crossbar tester's array commands: bulk reads, programming, per-cell access, inference.
+
+Settings (read voltage, pulse amplitude and width, compliance, output) live in the pyvisa-sim
+YAML; this model reads them through a callable and serves the commands that need the physics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from .physics import SKIP, SimulatedWafer
+from .prober_model import ProberModel
+
+
+class ScpiError(Exception):
+    """A rejected command; `key` names the entry of the YAML error queue to push."""
+
+    def __init__(self, key: str, detail: str = "") -> None:
+        super().__init__(f"{key}: {detail}" if detail else key)
+        self.key = key
+
+
+def parse_block(data: bytes) -> bytes:
+    """Payload of an IEEE 488.2 definite-length block that makes up all of `data`."""
+    if len(data) < 2 or data[:1] != b"#" or not data[1:2].isdigit() or data[1:2] == b"0":
+        raise ScpiError("block_error", "bad block header")
+    n = int(data[1:2])
+    digits = data[2 : 2 + n]
+    if len(digits) != n or not digits.isdigit():
+        raise ScpiError("block_error", "bad block length field")
+    length = int(digits)
+    payload = data[2 + n :]
+    if len(payload) != length:
+        raise ScpiError("block_error", f"block declares {length} bytes, carries {len(payload)}")
+    return payload
+
+
+def encode_block(payload: bytes) -> bytes:
+    """An IEEE 488.2 definite-length block around `payload`."""
+    length = str(len(payload)).encode()
+    return b"#" + str(len(length)).encode() + length + payload
+
+
+def parse_ints(args: bytes, count: int) -> list[int]:
+    """Exactly `count` comma-separated integers, or the proper SCPI error."""
+    text = args.decode("ascii", errors="replace").strip()
+    if not text:
+        raise ScpiError("missing_parameter")
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) < count:
+        raise ScpiError("missing_parameter")
+    if len(parts) > count:
+        raise ScpiError("data_type_error", "too many parameters")
+    try:
+        return [int(p) for p in parts]
+    except ValueError as err:
+        raise ScpiError("data_type_error", text) from err
+
+
+@dataclass
+class TesterModel:
+    """Serves the array commands against the die the prober is in contact with."""
+
+    wafer: SimulatedWafer
+    prober: ProberModel
+    setting: Callable[[str], float]
+
+    def handle(self, header: str, args: bytes) -> bytes | None:
+        """Reply bytes (b"" for no reply) or None when the header is not an array command."""
+        handler = self._HANDLERS.get(header)
+        if handler is None:
+            return None
+        return handler(self, args)
+
+    # ---- preconditions -----------------------------------------------------------------
+    def _die(self, needs_output: bool = True) -> int:
+        die = self.prober.contact_die
+        if die is None:
+            raise ScpiError("no_contact")
+        if needs_output and not int(self.setting("output")):
+            raise ScpiError("output_off")
+        return die
+
+    def _cell(self, row: int, col: int) -> tuple[int, int]:
+        rows, cols = self.wafer.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise ScpiError("out_of_range", f"cell ({row}, {col}) outside {rows}x{cols}")
+        return row, col
+
+    def _uint8_block(self, args: bytes, allowed_max: int) -> np.ndarray:
+        payload = parse_block(args.strip(b" "))
+        values = np.frombuffer(payload, dtype=np.uint8)
+        if values.size and int(values.max()) > allowed_max:
+            raise ScpiError("block_error", "value out of range in block")
+        return values
+
+    # ---- commands ----------------------------------------------------------------------
+    def _size(self, args: bytes) -> bytes:
+        rows, cols = self.wafer.shape
+        return f"{rows},{cols}".encode()
+
+    def _contact(self, args: bytes) -> bytes:
+        return b"1" if self.prober.contact_die is not None else b"0"
+
+    def _measure_array(self, args: bytes) -> bytes:
+        die = self._die()
+        r = self.wafer.read(die, self.setting("read_voltage_v"))
+        return encode_block(r.astype("<f4").tobytes())
+
+    def _measure_cell(self, args: bytes) -> bytes:
+        row, col = self._cell(*parse_ints(args, 2))
+        die = self._die()
+        r = self.wafer.read(die, self.setting("read_voltage_v"), np.s_[row, col])
+        return f"{float(r):.6e}".encode()
+
+    def _program_array(self, args: bytes) -> bytes:
+        targets = self._uint8_block(args, SKIP)
+        rows, cols = self.wafer.shape
+        if targets.size != rows * cols:
+            raise ScpiError("block_error", f"expected {rows * cols} targets, got {targets.size}")
+        die = self._die()
+        self.wafer.write(die, targets.reshape(rows, cols), self.setting("pulse_amplitude_v"),
+                         self.setting("pulse_width_s"))
+        return b""
+
+    def _program_cell(self, args: bytes) -> bytes:
+        row, col, state = parse_ints(args, 3)
+        self._cell(row, col)
+        if state not in (0, 1):
+            raise ScpiError("out_of_range", f"state {state}")
+        die = self._die()
+        self.wafer.write(die, np.array([state], dtype=np.uint8),
+                         self.setting("pulse_amplitude_v"), self.setting("pulse_width_s"),
+                         np.s_[row : row + 1, col])
+        return b""
+
+    def _infer(self, args: bytes) -> bytes:
+        inputs = self._uint8_block(args, 1)
+        rows, _ = self.wafer.shape
+        if inputs.size == 0 or inputs.size % rows:
+            raise ScpiError("block_error", f"input block is not a multiple of {rows} rows")
+        die = self._die()
+        currents = self.wafer.column_currents(
+            die, inputs.reshape(-1, rows), self.setting("read_voltage_v"),
+            self.setting("compliance_a"))
+        return encode_block(currents.astype("<f4").tobytes())
+
+    _HANDLERS: ClassVar[dict[str, Callable[[TesterModel, bytes], bytes]]] = {
+        "ARR:SIZE?": _size,
+        "CONT?": _contact,
+        "MEAS:ARR?": _measure_array,
+        "MEAS:CELL?": _measure_cell,
+        "PROG:ARR": _program_array,
+        "PROG:CELL": _program_cell,
+        "INF:CURR?": _infer,
+    }

@@ -1,0 +1,68 @@
+"""The run store: atomic die commits, versioning, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruments.store import SCHEMA_VERSION, RunStore, StoreError
+
+
+def _run(store: RunStore) -> int:
+    return store.create_run("sweep", "name: x\n", {"id": "sim"}, "0.1.0", {"wafer": 0})
+
+
+def test_arrays_round_trip_dense_with_dtype(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run = _run(store)
+        kinds = np.arange(20000, dtype=np.int8).reshape(100, 200)
+        store.commit_die(run, "1,2", {"kinds": kinds}, {"counts": {"short": 3}})
+        out = store.array(run, "1,2", "kinds")
+        assert out.dtype == np.int8 and np.array_equal(out, kinds)
+        assert store.record(run, "1,2", "counts") == {"short": 3}
+        assert store.dies_done(run) == ["1,2"]
+
+
+def test_failed_commit_leaves_no_partial_die(tmp_path: Path) -> None:
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run = _run(store)
+        with pytest.raises(TypeError):
+            store.commit_die(run, "0,0", {"kinds": np.zeros(3)}, {"bad": object()})
+        assert store.dies_done(run) == []
+        assert store.array_names(run) == []
+
+
+def test_wal_mode_and_newer_schema_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    RunStore(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer mtjlab"):
+        RunStore(path)
+
+
+def test_corrupted_store_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a valid mtjlab store"):
+        RunStore(path)
+
+
+def test_locked_store_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    RunStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            store = RunStore(path, timeout_s=0.1)
+            _run(store)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

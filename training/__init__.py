@@ -1,0 +1,1 @@
+"""Training engine: binary networks on MTJ crossbars, trained defect-unaware, HAT and SAT."""

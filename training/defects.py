@@ -1,0 +1,273 @@
+"""Defect maps of a crossbar die, their statistics, and a vectorised sampler of random maps.
+
+A defect map tells, per cell of the array, whether the 1T1MTJ cell is healthy or shorted, open,
+stuck in P or stuck in AP (`CellDefect`, the same integer codes as the simulator's ground truth),
+and optionally the resistance the cell was measured at. `DefectStatistics` condenses a set of
+maps (e.g. the 36 dies of a wafer) into per-type rates, their die-to-die spread, whole failed
+row/column lines and the resistances of shorted and open cells; statistics-aware training draws
+fresh random maps from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CellDefect(IntEnum):
+    """Condition of one cell (codes shared with simulated_hw's ground truth)."""
+
+    OK = 0
+    SHORT = 1
+    OPEN = 2
+    STUCK_P = 3
+    STUCK_AP = 4
+
+
+#: Cell-defect kinds other than OK, in code order (columns of the rate tables).
+DEFECT_KINDS: tuple[CellDefect, ...] = (
+    CellDefect.SHORT, CellDefect.OPEN, CellDefect.STUCK_P, CellDefect.STUCK_AP,
+)
+
+
+def _make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    if generator is not None:
+        return generator
+    g = torch.Generator()
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+@dataclass(frozen=True)
+class DefectMap:
+    """Per-cell defect codes of one die, with the measured cell resistances if known.
+
+    kinds: int8 (rows, cols) `CellDefect` codes. resistance_ohm: float32 (rows, cols), the
+    measured series resistance (access transistor included) of each cell, or None.
+    """
+
+    kinds: np.ndarray
+    resistance_ohm: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        kinds = np.asarray(self.kinds)
+        if kinds.ndim != 2:
+            raise ValueError(f"DefectMap kinds must be 2-D (rows, cols), got shape {kinds.shape}")
+        if kinds.size and (kinds.min() < 0 or kinds.max() > max(CellDefect)):
+            raise ValueError(
+                f"DefectMap kinds hold codes outside 0..{int(max(CellDefect))}: "
+                f"min {int(kinds.min())}, max {int(kinds.max())}"
+            )
+        object.__setattr__(self, "kinds", kinds.astype(np.int8, copy=False))
+        if self.resistance_ohm is not None:
+            r = np.asarray(self.resistance_ohm, dtype=np.float32)
+            if r.shape != kinds.shape:
+                raise ValueError(
+                    f"DefectMap resistance_ohm shape {r.shape} differs from kinds shape "
+                    f"{kinds.shape}"
+                )
+            object.__setattr__(self, "resistance_ohm", r)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.kinds.shape[0]), int(self.kinds.shape[1]))
+
+    def count(self, kind: CellDefect) -> int:
+        """Number of cells of one kind."""
+        return int((self.kinds == int(kind)).sum())
+
+    def rate(self, kind: CellDefect | None = None) -> float:
+        """Fraction of cells of one kind (all defects if kind is None)."""
+        if kind is None:
+            return float((self.kinds != CellDefect.OK).mean())
+        return float((self.kinds == int(kind)).mean())
+
+    def check_shape(self, shape: tuple[int, int]) -> None:
+        """Raise a ValueError naming both shapes unless this map is `shape`."""
+        if self.shape != tuple(shape):
+            raise ValueError(f"defect map has shape {self.shape}, the array is {tuple(shape)}")
+
+
+def failed_lines(kinds: np.ndarray, threshold: float = 0.9) -> tuple[list[tuple[int, int]],
+                                                                     list[tuple[int, int]]]:
+    """Whole failed rows and columns: (index, kind) where >= threshold of the line is one kind."""
+    out: list[list[tuple[int, int]]] = []
+    for axis in (1, 0):
+        lines: list[tuple[int, int]] = []
+        n_line = kinds.shape[axis]
+        for kind in DEFECT_KINDS:
+            frac = (kinds == int(kind)).sum(axis=axis) / n_line
+            lines.extend((int(i), int(kind)) for i in np.flatnonzero(frac >= threshold))
+        out.append(sorted(lines))
+    return out[0], out[1]
+
+
+class DefectStatistics(BaseModel):
+    """Defect statistics of a population of dies, and a sampler of random maps from them.
+
+    Rates are per cell, counted outside whole failed lines. `die_rates` keeps each observed die's
+    (short, open, stuck-P, stuck-AP) rates so the sampler can draw a die's rates by bootstrap,
+    which keeps the correlation between kinds and the heavy tail of bad dies; `mode="lognormal"`
+    draws the die's total rate from a lognormal fit instead and splits it by pooled fractions.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rows: int = Field(gt=0)
+    cols: int = Field(gt=0)
+    n_maps: int = Field(gt=0)
+    rate_mean: list[float] = Field(description="mean rate per kind: short, open, stuck-P, AP")
+    rate_std: list[float] = Field(description="die-to-die std of the rate per kind")
+    die_rates: list[list[float]] = Field(description="observed rates, one row per die")
+    total_rate_log_mean: float
+    total_rate_log_std: float
+    failed_rows_per_die: float = Field(ge=0, description="mean count of whole failed rows")
+    failed_cols_per_die: float = Field(ge=0, description="mean count of whole failed columns")
+    line_kind_fractions: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 0.0, 0.0],
+        description="kind of failed lines: short, open, stuck-P, stuck-AP",
+    )
+    short_log_r_mean: float = Field(np.log(1150.0), description="ln(ohm) of shorted cells")
+    short_log_r_std: float = Field(0.08, ge=0)
+    open_log_r_mean: float = Field(np.log(3e7), description="ln(ohm) of open cells")
+    open_log_r_std: float = Field(1.5, ge=0)
+    mode: str = Field("empirical", pattern="^(empirical|lognormal)$")
+
+    # ---- fitting --------------------------------------------------------------------------
+    @classmethod
+    def fit(cls, maps: Sequence[DefectMap], line_threshold: float = 0.9) -> DefectStatistics:
+        """Fit statistics from defect maps of equal shape (measured resistances optional)."""
+        if len(maps) == 0:
+            raise ValueError("DefectStatistics.fit needs at least one defect map")
+        shape = maps[0].shape
+        for i, m in enumerate(maps):
+            if m.shape != shape:
+                raise ValueError(f"defect map {i} has shape {m.shape}, map 0 has {shape}")
+        die_rates, n_rows_failed, n_cols_failed = [], 0, 0
+        line_kinds = np.zeros(4)
+        short_r: list[np.ndarray] = []
+        open_r: list[np.ndarray] = []
+        for m in maps:
+            rows, cols = failed_lines(m.kinds, line_threshold)
+            mask = np.ones(shape, dtype=bool)
+            for i, k in rows:
+                mask[i, :] = False
+                line_kinds[k - 1] += 1
+            for j, k in cols:
+                mask[:, j] = False
+                line_kinds[k - 1] += 1
+            n_rows_failed += len(rows)
+            n_cols_failed += len(cols)
+            inner = m.kinds[mask]
+            n = max(inner.size, 1)
+            die_rates.append([float((inner == int(k)).sum() / n) for k in DEFECT_KINDS])
+            if m.resistance_ohm is not None:
+                short_r.append(m.resistance_ohm[m.kinds == CellDefect.SHORT])
+                open_r.append(m.resistance_ohm[m.kinds == CellDefect.OPEN])
+        rates = np.asarray(die_rates)
+        total = np.maximum(rates.sum(axis=1), 0.5 / (shape[0] * shape[1]))
+        kw: dict[str, float | list[float]] = {}
+        if short_r and sum(a.size for a in short_r):
+            lr = np.log(np.maximum(np.concatenate(short_r), 1e-3))
+            kw["short_log_r_mean"], kw["short_log_r_std"] = float(lr.mean()), float(lr.std())
+        if open_r and sum(a.size for a in open_r):
+            lr = np.log(np.maximum(np.concatenate(open_r), 1e-3))
+            kw["open_log_r_mean"], kw["open_log_r_std"] = float(lr.mean()), float(lr.std())
+        if line_kinds.sum() > 0:
+            kw["line_kind_fractions"] = (line_kinds / line_kinds.sum()).tolist()
+        return cls(
+            rows=shape[0], cols=shape[1], n_maps=len(maps),
+            rate_mean=rates.mean(axis=0).tolist(), rate_std=rates.std(axis=0).tolist(),
+            die_rates=rates.tolist(),
+            total_rate_log_mean=float(np.log(total).mean()),
+            total_rate_log_std=float(np.log(total).std()),
+            failed_rows_per_die=n_rows_failed / len(maps),
+            failed_cols_per_die=n_cols_failed / len(maps),
+            **kw,
+        )
+
+    @property
+    def mean_total_rate(self) -> float:
+        return float(sum(self.rate_mean))
+
+    # ---- sampling -------------------------------------------------------------------------
+    def _die_rates(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """(n, 4) per-kind cell rates of n random dies."""
+        if self.mode == "empirical":
+            table = torch.tensor(self.die_rates, dtype=torch.float32)
+            idx = torch.randint(0, table.shape[0], (n,), generator=g)
+            return table[idx]
+        mean = torch.tensor(self.rate_mean, dtype=torch.float32)
+        frac = mean / mean.sum().clamp_min(1e-12)
+        z = torch.randn(n, generator=g)
+        total = torch.exp(self.total_rate_log_mean + self.total_rate_log_std * z)
+        return total[:, None].clamp(max=0.5) * frac[None, :]
+
+    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
+               scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n random maps: kinds int8 (n, rows, cols) and resistance_ohm float32 (n, rows, cols).
+
+        The resistance is that of shorted/open cells (drawn lognormal from the fitted values) and
+        0 elsewhere. `scale` multiplies every rate (used for curriculum schedules).
+        """
+        if n < 0:
+            raise ValueError(f"cannot sample {n} maps")
+        g = _make_generator(seed, generator)
+        rates = self._die_rates(n, g) * scale  # (n, 4)
+        cum = torch.cumsum(rates, dim=1)  # thresholds of a uniform draw
+        u = torch.rand(n, self.rows, self.cols, generator=g)
+        kinds = torch.zeros(n, self.rows, self.cols, dtype=torch.int8)
+        # a cell is kind k if cum[k-1] <= u < cum[k]
+        below = (u[..., None] < cum[:, None, None, :]).sum(dim=-1)  # 4 - index
+        kinds = torch.where(below > 0, (5 - below).to(torch.int8), kinds)
+        self._add_lines(kinds, g, scale)
+        r = torch.zeros(n, self.rows, self.cols)
+        short = kinds == CellDefect.SHORT
+        opened = kinds == CellDefect.OPEN
+        zs = torch.randn(n, self.rows, self.cols, generator=g)
+        r = torch.where(short, torch.exp(self.short_log_r_mean + self.short_log_r_std * zs), r)
+        r = torch.where(opened, torch.exp(self.open_log_r_mean + self.open_log_r_std * zs), r)
+        return kinds, r
+
+    def _add_lines(self, kinds: torch.Tensor, g: torch.Generator, scale: float) -> None:
+        """Overwrite whole rows/columns with a failed-line kind, Poisson count per die."""
+        n = kinds.shape[0]
+        if n == 0:
+            return
+        fr = torch.tensor(self.line_kind_fractions, dtype=torch.float32)
+        for axis, per_die, length in ((1, self.failed_rows_per_die, self.rows),
+                                      (2, self.failed_cols_per_die, self.cols)):
+            if per_die <= 0:
+                continue
+            counts = torch.poisson(torch.full((n,), per_die * min(scale, 1.0)), generator=g)
+            total = int(counts.sum())
+            if total == 0:
+                continue
+            die = torch.repeat_interleave(torch.arange(n), counts.long())
+            line = torch.randint(0, length, (total,), generator=g)
+            kind = (torch.multinomial(fr, total, replacement=True, generator=g) + 1).to(torch.int8)
+            if axis == 1:
+                kinds[die, line, :] = kind[:, None]
+            else:
+                kinds[die, :, line] = kind[:, None]
+
+    def sample_maps(self, n: int, seed: int | None = None) -> list[DefectMap]:
+        """n random maps as DefectMap objects (convenience for tests and tools)."""
+        kinds, r = self.sample(n, seed=seed)
+        return [DefectMap(k.numpy(), r_.numpy()) for k, r_ in zip(kinds, r, strict=True)]
+
+
+def stack_kinds(maps: Sequence[DefectMap], shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(n, rows, cols) int8 kinds of several maps, checking they share one shape."""
+    if not maps:
+        raise ValueError("no defect maps given")
+    shape = shape or maps[0].shape
+    for i, m in enumerate(maps):
+        if m.shape != tuple(shape):
+            raise ValueError(f"defect map {i} has shape {m.shape}, expected {tuple(shape)}")
+    return np.stack([m.kinds for m in maps])

@@ -1,0 +1,101 @@
+"""Error of weights on many dies at once (dies are a tensor dimension), with summary statistics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .mapping import ArrayCells, ArrayLayout, LayerCells, stack_layer_cells
+from .network import BinaryNetwork, NetworkConfig
+
+
+@dataclass(frozen=True)
+class DieErrors:
+    """Misclassification error (percent) per die and its summary; gap to a baseline in pp."""
+
+    per_die: np.ndarray
+    baseline_pct: float | None = None
+
+    @property
+    def mean(self) -> float:
+        return float(self.per_die.mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.per_die.std())
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.per_die))
+
+    @property
+    def min(self) -> float:
+        return float(self.per_die.min())
+
+    @property
+    def max(self) -> float:
+        return float(self.per_die.max())
+
+    @property
+    def gap_pp(self) -> float:
+        """Mean error minus the software baseline's error, percentage points."""
+        if self.baseline_pct is None:
+            raise ValueError("no baseline error given")
+        return self.mean - self.baseline_pct
+
+    def summary(self) -> dict[str, float]:
+        out = {"mean": self.mean, "std": self.std, "median": self.median, "min": self.min,
+               "max": self.max}
+        if self.baseline_pct is not None:
+            out["gap_pp"] = self.gap_pp
+        return out
+
+
+def _network_for(weights: Sequence[torch.Tensor], net_config: NetworkConfig) -> BinaryNetwork:
+    net = BinaryNetwork(net_config, replicas=int(weights[0].shape[0]) if weights[0].ndim == 3
+                        else 1)
+    with torch.no_grad():
+        for w, new in zip(net.weights, weights, strict=True):
+            new = torch.as_tensor(new, dtype=torch.float32)
+            w.copy_((new if new.ndim == 3 else new[None]).expand_as(w))
+    return net
+
+
+@torch.no_grad()
+def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                net_config: NetworkConfig, cells: Sequence[LayerCells] | None = None,
+                chunk: int = 4096) -> np.ndarray:
+    """Error (percent) for each die/replica: weights (1 or D, n_in, n_out), cells (D or None)."""
+    net = _network_for(weights, net_config)
+    wrong = None
+    for i in range(0, len(x), chunk):
+        scores = net(x[i:i + chunk], cells)
+        miss = (scores.argmax(dim=-1) != y[i:i + chunk]).sum(dim=-1)
+        wrong = miss if wrong is None else wrong + miss
+    assert wrong is not None
+    return (100.0 * wrong.double() / len(x)).numpy()
+
+
+def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells,
+                     net_config: NetworkConfig, baseline_pct: float | None = None) -> DieErrors:
+    """Error of weights (shared, or one set per die) on D dies' conductances, batched.
+
+    layout: one layout for all dies, or one per die (defect-aware placement).
+    """
+    if isinstance(layout, ArrayLayout):
+        layer_cells = layout.layer_cells(cells)
+    else:
+        if len(layout) != cells.n:
+            raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
+        layer_cells = stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
+    return DieErrors(error_rates(weights, x, y, net_config, layer_cells), baseline_pct)
+
+
+def software_error(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                   net_config: NetworkConfig) -> float:
+    """Error (percent) on an ideal array."""
+    return float(error_rates(weights, x, y, net_config, None)[0])

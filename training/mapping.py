@@ -1,0 +1,407 @@
+"""Weight-to-device mapping: where each layer sits on the die's array, and what it sees there.
+
+Physics (DESIGN.md): a 1T1MTJ cell conducts G = 1/(R_access + R_mtj). A binary input vector
+x in {0,1}^rows is applied as read voltages on the rows; the chip returns every column current
+I_c = V_read * sum_r x_r G[r, c]. A binary weight w is a differential column pair: w = +1 puts P
+(high G) on the plus device and AP on the minus device, w = -1 the reverse; a layer's output is
+I_plus - I_minus per neuron, and a hidden neuron is on iff that difference is > 0.
+
+`ArrayLayout` is what the station needs to program and run a chip without knowing the network:
+per layer the array rows its inputs drive and the plus/minus columns of each output, the target
+device state of every cell, the row pattern for an input batch, and the layer outputs from the
+measured column currents. It also turns a defect map, a measured resistance array or per-device
+conductances into the conductances each layer sees (`ArrayCells` -> `LayerCells`).
+
+Conductances inside training are expressed in weight units: divided by the nominal differential
+swing u = G_P - G_AP, so a healthy w = +1 pair contributes +1 and a short about +9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from .defects import CellDefect, DefectMap
+
+P_STATE, AP_STATE, UNTOUCHED = 0, 1, 2
+
+
+class DeviceModel(BaseModel):
+    """Nominal conductances of a healthy cell (siemens) and the read voltage.
+
+    Defaults: R_P 5 kOhm, TMR 120 %, R_access 1 kOhm (DESIGN.md), so G_P = 1/6 kOhm and
+    G_AP = 1/12 kOhm. `g_short_S` is used for shorted cells whose resistance was not measured.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    g_p_S: float = Field(1.0 / 6000.0, gt=0)
+    g_ap_S: float = Field(1.0 / 12000.0, gt=0)
+    g_short_S: float = Field(1.0 / 1150.0, gt=0)
+    v_read_V: float = Field(0.1, gt=0)
+
+    @classmethod
+    def from_resistances(cls, r_p_ohm: float = 5000.0, tmr: float = 1.2,
+                         r_access_ohm: float = 1000.0, r_short_ohm: float = 150.0,
+                         v_read_V: float = 0.1) -> DeviceModel:
+        """Nominal conductances from median device parameters."""
+        return cls(g_p_S=1.0 / (r_access_ohm + r_p_ohm),
+                   g_ap_S=1.0 / (r_access_ohm + r_p_ohm * (1.0 + tmr)),
+                   g_short_S=1.0 / (r_access_ohm + r_short_ohm), v_read_V=v_read_V)
+
+    @classmethod
+    def fit(cls, r_all_p_ohm: np.ndarray, r_all_ap_ohm: np.ndarray,
+            kinds: np.ndarray | None = None, v_read_V: float = 0.1) -> DeviceModel:
+        """Medians of healthy cells from two read-backs (array written all-P, then all-AP)."""
+        a, b = np.asarray(r_all_p_ohm, float), np.asarray(r_all_ap_ohm, float)
+        if a.shape != b.shape:
+            raise ValueError(f"read-backs differ in shape: {a.shape} vs {b.shape}")
+        ok = np.ones(a.shape, bool) if kinds is None else np.asarray(kinds) == CellDefect.OK
+        if kinds is not None and np.shape(kinds) != a.shape:
+            raise ValueError(f"kinds shape {np.shape(kinds)} differs from read-backs {a.shape}")
+        g_short = 1.0 / 1150.0
+        if kinds is not None and (np.asarray(kinds) == CellDefect.SHORT).any():
+            g_short = float(np.median(1.0 / a[np.asarray(kinds) == CellDefect.SHORT]))
+        return cls(g_p_S=float(np.median(1.0 / a[ok])), g_ap_S=float(np.median(1.0 / b[ok])),
+                   g_short_S=g_short, v_read_V=v_read_V)
+
+    @property
+    def unit_S(self) -> float:
+        """Differential swing of one weight, G_P - G_AP: the unit of conductances in training."""
+        return self.g_p_S - self.g_ap_S
+
+
+# ---- per-cell conductances of whole arrays ---------------------------------------------------
+@dataclass(frozen=True)
+class ArrayCells:
+    """Conductance (siemens) each cell of D arrays shows if programmed P and if programmed AP.
+
+    g_p, g_ap: float32 tensors (D, rows, cols). A healthy cell has g_p > g_ap; a shorted, open or
+    stuck cell shows the same conductance whatever it is programmed to (g_p == g_ap), which is
+    how defects override weights in the forward pass. A measured read-back of a programmed array
+    also has g_p == g_ap (the conductance it was read at).
+    """
+
+    g_p: torch.Tensor
+    g_ap: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.g_p.ndim != 3 or self.g_p.shape != self.g_ap.shape:
+            raise ValueError(f"ArrayCells needs g_p, g_ap of equal shape (D, rows, cols), got "
+                             f"{tuple(self.g_p.shape)} and {tuple(self.g_ap.shape)}")
+
+    @property
+    def n(self) -> int:
+        return int(self.g_p.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.g_p.shape[1]), int(self.g_p.shape[2])
+
+    def __getitem__(self, idx: int | slice) -> ArrayCells:
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return ArrayCells(self.g_p[idx], self.g_ap[idx])
+
+
+def cells_from_kinds(kinds: torch.Tensor | np.ndarray, device: DeviceModel,
+                     resistance_ohm: torch.Tensor | np.ndarray | None = None,
+                     g_p: torch.Tensor | None = None,
+                     g_ap: torch.Tensor | None = None) -> ArrayCells:
+    """Conductances of arrays from defect codes (D, rows, cols) or (rows, cols).
+
+    Healthy cells get `g_p`/`g_ap` if given (per-device values, same shape) else the nominal
+    ones; shorted/open cells get 1/resistance where a resistance > 0 was measured, else the
+    nominal short conductance / 0; stuck cells get the conductance of their stuck state.
+    """
+    k = torch.as_tensor(kinds)
+    if k.ndim == 2:
+        k = k[None]
+    if k.ndim != 3:
+        raise ValueError(f"kinds must be (rows, cols) or (D, rows, cols), got {tuple(k.shape)}")
+    k = k.to(torch.int8)
+    shape = k.shape
+    gp = torch.full(shape, device.g_p_S) if g_p is None else torch.as_tensor(g_p).float()
+    gap = torch.full(shape, device.g_ap_S) if g_ap is None else torch.as_tensor(g_ap).float()
+    gp, gap = gp.reshape(shape) if gp.numel() == k.numel() else gp, gap
+    gap = gap.reshape(shape) if gap.numel() == k.numel() else gap
+    if gp.shape != shape or gap.shape != shape:
+        raise ValueError(f"per-device conductances {tuple(gp.shape)} do not match kinds "
+                         f"{tuple(shape)}")
+    g_short = torch.full(shape, device.g_short_S)
+    g_open = torch.zeros(shape)
+    if resistance_ohm is not None:
+        r = torch.as_tensor(resistance_ohm, dtype=torch.float32)
+        r = r.reshape(shape) if r.numel() == k.numel() else r
+        if r.shape != shape:
+            raise ValueError(f"resistance_ohm shape {tuple(r.shape)} does not match kinds "
+                             f"{tuple(shape)}")
+        measured = 1.0 / r.clamp_min(1e-3)
+        g_short = torch.where(r > 0, measured, g_short)
+        g_open = torch.where(r > 0, measured, g_open)
+    short, opened = k == CellDefect.SHORT, k == CellDefect.OPEN
+    sp, sap = k == CellDefect.STUCK_P, k == CellDefect.STUCK_AP
+    fixed = torch.where(short, g_short, torch.where(opened, g_open, torch.where(sp, gp, gap)))
+    broken = short | opened | sp | sap
+    return ArrayCells(torch.where(broken, fixed, gp).float(),
+                      torch.where(broken, fixed, gap).float())
+
+
+def cells_from_defect_maps(maps: Sequence[DefectMap], device: DeviceModel) -> ArrayCells:
+    """Conductances of several dies from their defect maps (nominal healthy cells)."""
+    if not maps:
+        raise ValueError("no defect maps given")
+    shape = maps[0].shape
+    for i, m in enumerate(maps):
+        m.check_shape(shape) if i else None
+    kinds = np.stack([m.kinds for m in maps])
+    r = None
+    if all(m.resistance_ohm is not None for m in maps):
+        r = np.stack([m.resistance_ohm for m in maps])  # type: ignore[misc]
+        # healthy cells' measured resistance is of whatever state they were in: ignore it
+        r = np.where(kinds == CellDefect.OK, 0.0, r).astype(np.float32)
+    return cells_from_kinds(kinds, device, r)
+
+
+def cells_from_resistance(resistance_ohm: np.ndarray | torch.Tensor) -> ArrayCells:
+    """Conductances of programmed arrays from a measured read-back (rows, cols) or (D, r, c).
+
+    The read-back already reflects the programmed states and every defect, so g_p == g_ap.
+    """
+    r = torch.as_tensor(np.asarray(resistance_ohm), dtype=torch.float32)
+    if r.ndim == 2:
+        r = r[None]
+    if r.ndim != 3:
+        raise ValueError(f"resistance array must be (rows, cols) or (D, rows, cols), got "
+                         f"{tuple(r.shape)}")
+    g = 1.0 / r.clamp_min(1e-3)
+    return ArrayCells(g, g.clone())
+
+
+# ---- layout ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerPlacement:
+    """Where one layer sits: the array row of each input, plus/minus columns of each output."""
+
+    rows: np.ndarray
+    plus_cols: np.ndarray
+    minus_cols: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "plus_cols", "minus_cols"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+        if self.plus_cols.shape != self.minus_cols.shape:
+            raise ValueError("plus_cols and minus_cols must have the same length")
+
+    @property
+    def n_in(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def n_out(self) -> int:
+        return int(self.plus_cols.size)
+
+    @property
+    def row_range(self) -> tuple[int, int]:
+        """Bounding rows [start, stop) of the layer on the array."""
+        return int(self.rows.min()), int(self.rows.max()) + 1
+
+    @property
+    def col_range(self) -> tuple[int, int]:
+        """Bounding columns [start, stop) of the layer on the array."""
+        cols = np.concatenate([self.plus_cols, self.minus_cols])
+        return int(cols.min()), int(cols.max()) + 1
+
+    @property
+    def cols(self) -> np.ndarray:
+        """All columns the layer reads, plus then minus."""
+        return np.concatenate([self.plus_cols, self.minus_cols])
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """The network's placement on a rows x cols array, and the chip-side helpers of the station.
+
+    Layer l's inputs drive `layers[l].rows`; its output j is I[plus_cols[j]] - I[minus_cols[j]].
+    The last layer has `output_copies` copies of each class (output index copy * n_classes + k);
+    class scores combine the copies (`copy_combine`: "sum" or "median").
+    """
+
+    rows: int
+    cols: int
+    layers: tuple[LayerPlacement, ...]
+    output_copies: int = 1
+    copy_combine: str = "sum"
+    device: DeviceModel = field(default_factory=DeviceModel)
+
+    def __post_init__(self) -> None:
+        used = np.zeros((self.rows, self.cols), dtype=np.int32)
+        for i, lp in enumerate(self.layers):
+            if lp.n_in == 0 or lp.n_out == 0:
+                raise ValueError(f"layer {i} is empty")
+            if lp.rows.min() < 0 or lp.rows.max() >= self.rows:
+                raise ValueError(f"layer {i} uses rows {lp.row_range} outside the array's "
+                                 f"{self.rows} rows")
+            if lp.cols.min() < 0 or lp.cols.max() >= self.cols:
+                raise ValueError(f"layer {i} uses columns {lp.col_range} outside the array's "
+                                 f"{self.cols} columns")
+            if np.unique(lp.rows).size != lp.n_in or np.unique(lp.cols).size != 2 * lp.n_out:
+                raise ValueError(f"layer {i} uses a row or a column twice")
+            used[np.ix_(lp.rows, lp.cols)] += 1
+            if i > 0 and self.layers[i - 1].n_out != lp.n_in:
+                raise ValueError(f"layer {i} has {lp.n_in} inputs but layer {i - 1} has "
+                                 f"{self.layers[i - 1].n_out} outputs")
+        if (used > 1).any():
+            r, c = np.argwhere(used > 1)[0]
+            raise ValueError(f"layers overlap on the array (first shared cell: row {r}, col {c})")
+        if self.copy_combine not in ("sum", "median"):
+            raise ValueError(f"copy_combine must be 'sum' or 'median', got {self.copy_combine!r}")
+        if self.layers[-1].n_out % self.output_copies:
+            raise ValueError("last layer outputs are not a multiple of output_copies")
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def default(cls, sizes: Sequence[int] = (100, 90, 10), rows: int = 100, cols: int = 200,
+                output_copies: int = 1, copy_combine: str = "sum",
+                device: DeviceModel | None = None) -> ArrayLayout:
+        """Layers side by side from column 0, each on rows 0..n_in-1, pairs (2j, 2j+1).
+
+        For (100, 90, 10) on 100 x 200: layer 1 on rows 0-99, cols 0-179; layer 2 on rows 0-89,
+        cols 180-199 (DESIGN.md). Raises a ValueError naming the sizes if it does not fit.
+        """
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"a network needs at least two sizes (in, out), got {sizes}")
+        outs = sizes[1:-1] + [sizes[-1] * output_copies]
+        need_cols = 2 * sum(outs)
+        need_rows = max(sizes[:-1])
+        if need_cols > cols or need_rows > rows:
+            raise ValueError(
+                f"network {sizes} (output copies {output_copies}) needs {need_rows} rows x "
+                f"{need_cols} columns, the array is {rows} x {cols}")
+        layers, c0 = [], 0
+        for n_in, n_out in zip(sizes[:-1], outs, strict=True):
+            plus = c0 + 2 * np.arange(n_out)
+            layers.append(LayerPlacement(np.arange(n_in), plus, plus + 1))
+            c0 += 2 * n_out
+        return cls(rows, cols, tuple(layers), output_copies, copy_combine,
+                   device or DeviceModel())
+
+    def with_layers(self, layers: Sequence[LayerPlacement]) -> ArrayLayout:
+        """A copy with other placements (e.g. from defect-aware placement)."""
+        return replace(self, layers=tuple(layers))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Logical layer sizes (inputs, hidden..., classes)."""
+        s = [self.layers[0].n_in] + [lp.n_out for lp in self.layers]
+        s[-1] //= self.output_copies
+        return tuple(s)
+
+    @property
+    def n_classes(self) -> int:
+        return self.layers[-1].n_out // self.output_copies
+
+    # ---- programming ----------------------------------------------------------------------
+    def target_states(self, weights: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray:
+        """Device states to program: uint8 (rows, cols), 0 = P, 1 = AP, 2 = leave untouched.
+
+        weights[l] has shape (n_in, n_out) of layer l (physical outputs, copies included); its
+        sign decides: w > 0 puts P on the plus device and AP on the minus device.
+        """
+        if len(weights) != len(self.layers):
+            raise ValueError(f"{len(weights)} weight matrices for {len(self.layers)} layers")
+        states = np.full((self.rows, self.cols), UNTOUCHED, dtype=np.uint8)
+        for i, (w, lp) in enumerate(zip(weights, self.layers, strict=True)):
+            w = np.asarray(w.detach().cpu() if isinstance(w, torch.Tensor) else w)
+            if w.shape != (lp.n_in, lp.n_out):
+                raise ValueError(f"layer {i} weights have shape {w.shape}, the layout expects "
+                                 f"{(lp.n_in, lp.n_out)}")
+            pos = w > 0
+            states[np.ix_(lp.rows, lp.plus_cols)] = np.where(pos, P_STATE, AP_STATE)
+            states[np.ix_(lp.rows, lp.minus_cols)] = np.where(pos, AP_STATE, P_STATE)
+        return states
+
+    # ---- running the chip -----------------------------------------------------------------
+    def row_inputs(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Row pattern (n, rows) uint8 that applies the layer's binary inputs x (n, n_in)."""
+        lp = self.layers[layer]
+        x = np.atleast_2d(np.asarray(x))
+        if x.shape[1] != lp.n_in:
+            raise ValueError(f"layer {layer} takes {lp.n_in} inputs, got shape {x.shape}")
+        out = np.zeros((x.shape[0], self.rows), dtype=np.uint8)
+        out[:, lp.rows] = (x > 0).astype(np.uint8)
+        return out
+
+    def layer_outputs(self, layer: int, currents: np.ndarray) -> np.ndarray:
+        """Differential outputs I_plus - I_minus (n, n_out) in amperes from column currents."""
+        lp = self.layers[layer]
+        i = np.atleast_2d(np.asarray(currents, dtype=np.float64))
+        if i.shape[1] != self.cols:
+            raise ValueError(f"expected currents of all {self.cols} columns, got shape {i.shape}")
+        return i[:, lp.plus_cols] - i[:, lp.minus_cols]
+
+    def class_scores(self, outputs: np.ndarray) -> np.ndarray:
+        """Combine the copies of the last layer's outputs (n, n_out) into (n, n_classes)."""
+        o = np.asarray(outputs).reshape(len(outputs), self.output_copies, self.n_classes)
+        return o.sum(axis=1) if self.copy_combine == "sum" else np.median(o, axis=1)
+
+    def infer(self, x: np.ndarray, column_currents: Callable[[np.ndarray], np.ndarray]
+              ) -> np.ndarray:
+        """Predicted classes (n,) of binary inputs x (n, n_in) on a chip.
+
+        column_currents(row_pattern (n, rows) uint8) -> currents (n, cols) runs the chip; hidden
+        activations are binarised (on iff I_plus > I_minus) between layers.
+        """
+        h = np.asarray(x)
+        for layer in range(len(self.layers)):
+            out = self.layer_outputs(layer, column_currents(self.row_inputs(layer, h)))
+            h = (out > 0).astype(np.uint8)
+        return np.argmax(self.class_scores(out), axis=1)
+
+    # ---- what each layer sees ------------------------------------------------------------
+    def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
+        """Per-layer conductances (weight units) of D arrays with this layout."""
+        if cells.shape != (self.rows, self.cols):
+            raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
+                             f"{self.cols} layout")
+        return [extract_layer(cells, lp, self.device.unit_S) for lp in self.layers]
+
+
+@dataclass(frozen=True)
+class LayerCells:
+    """What one layer sees, in weight units: output = x @ (a + s * b), s = 1 where w > 0.
+
+    a: (D, n_in, n_out) differential conductance if the weight is -1; b: the change when the
+    weight is +1 (2 for a healthy pair, 1 if one device is broken, 0 if both are).
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return int(self.a.shape[0])
+
+
+def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_S: float) -> LayerCells:
+    """Gather one layer's (a, b) from array conductances."""
+    rows = torch.as_tensor(lp.rows)
+    pc, mc = torch.as_tensor(lp.plus_cols), torch.as_tensor(lp.minus_cols)
+    gp, gap = cells.g_p[:, rows], cells.g_ap[:, rows]
+    gp_plus, gap_plus = gp[:, :, pc], gap[:, :, pc]
+    gp_minus, gap_minus = gp[:, :, mc], gap[:, :, mc]
+    a = (gap_plus - gp_minus) / unit_S
+    b = ((gp_plus - gap_plus) + (gp_minus - gap_minus)) / unit_S
+    return LayerCells(a.contiguous(), b.contiguous())
+
+
+def stack_layer_cells(per_die: Sequence[Sequence[LayerCells]]) -> list[LayerCells]:
+    """Concatenate per-die layer cells (each with D=1 or more) along the die dimension."""
+    n_layers = len(per_die[0])
+    return [LayerCells(torch.cat([d[i].a for d in per_die]), torch.cat([d[i].b for d in per_die]))
+            for i in range(n_layers)]

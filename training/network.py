@@ -1,0 +1,154 @@
+"""A binary network whose forward pass is the crossbar's physics.
+
+Latent real weights in [-1, 1]; the forward pass uses their sign (straight-through estimator
+with clipping). Each layer computes differential column currents x @ (a + s * b) from the
+conductances the layer sees (`LayerCells`, in weight units, s = 1 where the weight is +1), so
+the same code evaluates an ideal array (a = -1, b = 2, i.e. x @ sign(W)), a defective one (a
+short is a large fixed conductance, whatever the weight) and a measured one (b = 0). Hidden
+activations are binary on/off (neuron on iff I_plus > I_minus), as the station applies them to
+the next layer's rows. Weights can carry a leading replica dimension (one set per die for
+batched hardware-aware training).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .mapping import LayerCells
+
+
+class NetworkConfig(BaseModel):
+    """Architecture and surrogate-gradient settings of the binary network."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sizes: tuple[int, ...] = Field((100, 90, 10), description="inputs, hidden..., classes")
+    output_copies: int = Field(1, ge=1, description="redundant copies of each output neuron")
+    copy_combine: str = Field("sum", pattern="^(sum|median)$")
+    ste_window: float = Field(1.0, gt=0, description="hidden STE window, units of sqrt(n_in)")
+    logit_scale: float = Field(0.25, gt=0, description="softmax logits per weight unit")
+
+    @property
+    def physical_sizes(self) -> tuple[int, ...]:
+        """Layer widths on the chip (output copies included)."""
+        return (*self.sizes[:-1], self.sizes[-1] * self.output_copies)
+
+
+class _SignSTE(torch.autograd.Function):
+    """s = 1[w > 0] forward; ds/dw = 1/2 on |w| <= 1 backward (clipped straight-through)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return (w > 0).to(w.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * 0.5 * (w.abs() <= 1).to(grad.dtype)
+
+
+class _StepSTE(torch.autograd.Function):
+    """h = 1[z > 0] forward; dh/dz = 1/(2 width) on |z| <= width backward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: torch.Tensor,
+                width: float) -> torch.Tensor:
+        ctx.save_for_backward(z)
+        ctx.width = width  # type: ignore[attr-defined]
+        return (z > 0).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (z,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        width = ctx.width  # type: ignore[attr-defined]
+        return grad * (z.abs() <= width).to(grad.dtype) / (2 * width), None
+
+
+def binarize(w: torch.Tensor) -> torch.Tensor:
+    """Weight bits s in {0, 1} (1 = +1 weight) with a clipped straight-through gradient."""
+    return _SignSTE.apply(w)  # type: ignore[no-any-return]
+
+
+def step(z: torch.Tensor, width: float) -> torch.Tensor:
+    """Binary neuron (on iff z > 0) with a box straight-through gradient of half-width width."""
+    return _StepSTE.apply(z, width)  # type: ignore[no-any-return]
+
+
+def combine_copies(scores: torch.Tensor, copies: int, how: str) -> torch.Tensor:
+    """(..., copies * n_classes) physical outputs -> (..., n_classes) class scores."""
+    if copies == 1:
+        return scores
+    s = scores.unflatten(-1, (copies, scores.shape[-1] // copies))
+    return s.sum(dim=-2) if how == "sum" else s.median(dim=-2).values
+
+
+class BinaryNetwork(nn.Module):
+    """Binary MLP on crossbar physics; `replicas` independent weight sets (dies) share a forward.
+
+    Weights are nn.Parameters of shape (replicas, n_in, n_out) per layer.
+    """
+
+    def __init__(self, config: NetworkConfig | None = None, replicas: int = 1,
+                 seed: int = 0) -> None:
+        super().__init__()
+        self.config = config or NetworkConfig()
+        g = torch.Generator().manual_seed(seed)
+        sizes = self.config.physical_sizes
+        self.weights = nn.ParameterList(
+            nn.Parameter(0.1 * (2 * torch.rand(replicas, n_in, n_out, generator=g) - 1))
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+
+    @property
+    def replicas(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    def clip_(self) -> None:
+        """Keep latent weights in [-1, 1] (after each optimiser step)."""
+        with torch.no_grad():
+            for w in self.weights:
+                w.clamp_(-1.0, 1.0)
+
+    def binary_weights(self) -> list[torch.Tensor]:
+        """Weights in {-1, +1} as float tensors (replicas, n_in, n_out), no gradient."""
+        return [torch.where(w > 0, 1.0, -1.0).detach() for w in self.weights]
+
+    def load_binary(self, weights: Sequence[torch.Tensor]) -> None:
+        """Set latent weights from {-1, +1} (or real) weights, broadcasting over replicas."""
+        with torch.no_grad():
+            for w, new in zip(self.weights, weights, strict=True):
+                w.copy_(torch.as_tensor(new, dtype=w.dtype).expand_as(w) * 0.5)
+
+    def forward(self, x: torch.Tensor, cells: Sequence[LayerCells] | None = None,
+                noise_std: float = 0.0, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
+        """Class scores in weight units.
+
+        x: (B, n_in) or (G, b, n_in) in {0, 1}; cells: per layer (a, b) with a leading dim of 1,
+        G (one conductance set per group of x) or replicas, or None for an ideal array.
+        noise_std: Gaussian noise per weight unit and sqrt(active input), mimicking device
+        variation during training. Returns (K, B, n_classes) with K the broadcast of replicas
+        and cell sets (or (G, b, n_classes)).
+        """
+        h = x
+        n_layers = len(self.weights)
+        for i, w in enumerate(self.weights):
+            s = binarize(w)
+            if cells is None:
+                diff = 2.0 * s - 1.0
+            else:
+                diff = cells[i].a + s * cells[i].b
+            z = torch.matmul(h, diff)
+            if noise_std > 0:
+                active = h.sum(dim=-1, keepdim=True).clamp_min(1.0).sqrt()
+                z = z + noise_std * active * torch.randn(z.shape, generator=generator)
+            if i < n_layers - 1:
+                h = step(z, self.config.ste_window * math.sqrt(w.shape[1]))
+        return combine_copies(z, self.config.output_copies, self.config.copy_combine)

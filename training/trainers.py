@@ -1,0 +1,186 @@
+"""Trainers: software baseline, hardware-aware (HAT, one or many dies batched), statistics-aware.
+
+All share one loop: Adam on latent weights, clipped to [-1, 1], cosine learning-rate decay,
+cross-entropy on class scores (weight units times `logit_scale`) with an optional additive
+margin on the true class. They differ only in the conductances of the forward pass:
+- baseline: an ideal array;
+- HAT: fixed conductances of D dies (defects as overrides), D weight sets trained at once;
+- SAT: for every mini-batch, fresh random maps drawn from `DefectStatistics`; the batch is split
+  into `maps_per_batch` groups, each seeing its own map, so an SAT step costs about as much as a
+  baseline step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .datasets import BinaryData
+from .defects import DefectStatistics
+from .mapping import ArrayCells, ArrayLayout, LayerCells, cells_from_kinds
+from .network import BinaryNetwork, NetworkConfig
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by all trainers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.01, gt=0)
+    lr_final_fraction: float = Field(0.02, ge=0, le=1, description="cosine decay floor")
+    margin_units: float = Field(0.0, ge=0, description="additive margin on the true class")
+    noise_std: float = Field(0.0, ge=0, description="pre-activation noise per unit sqrt(input)")
+    threads: int | None = Field(None, ge=1, description="torch threads (None: leave as is)")
+
+
+class SATConfig(TrainConfig):
+    """Statistics-aware training: maps per mini-batch and a defect-rate warm-up."""
+
+    maps_per_batch: int = Field(8, ge=1)
+    warmup_fraction: float = Field(0.2, ge=0, le=1, description="epochs ramping rate 0 -> 1")
+    rate_scale: float = Field(1.0, ge=0, description="multiplier of sampled defect rates")
+
+
+@dataclass
+class TrainResult:
+    """Trained network, its binary weights and timings."""
+
+    network: BinaryNetwork
+    weights: list[torch.Tensor]
+    epoch_seconds: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def mean_epoch_s(self) -> float:
+        return sum(self.epoch_seconds) / max(len(self.epoch_seconds), 1)
+
+
+CellsFn = Callable[[int, float], "Sequence[LayerCells] | None"]
+
+
+def _loss(scores: torch.Tensor, y: torch.Tensor, cfg: NetworkConfig,
+          margin: float) -> torch.Tensor:
+    """Mean cross-entropy of (K, b, C) scores against (b,) or (K, b) labels."""
+    y = y.expand(scores.shape[:-1]) if y.ndim < scores.ndim - 1 else y
+    if margin > 0:
+        scores = scores - margin * F.one_hot(y, scores.shape[-1]).to(scores.dtype)
+    logits = scores * cfg.logit_scale
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
+                           reduction="mean") * scores.shape[0]
+
+
+def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
+        cells_fn: CellsFn | None = None, groups: int = 1) -> TrainResult:
+    """The shared training loop.
+
+    cells_fn(step, progress) returns the layer conductances for one mini-batch (None: ideal);
+    progress runs 0 -> 1 over training. groups > 1 splits each batch into that many groups, one
+    per conductance set.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    n = data.x_train.shape[0]
+    bs = max(config.batch_size // groups, 1) * groups
+    steps_per_epoch = max(n // bs, 1)
+    total = max(config.epochs * steps_per_epoch, 1)
+    result = TrainResult(net, [])
+    step_i = 0
+    for _ in range(config.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=g)
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = order[b * bs:(b + 1) * bs]
+            x, y = data.x_train[idx], data.y_train[idx]
+            progress = step_i / total
+            lr = config.lr * (config.lr_final_fraction + (1 - config.lr_final_fraction)
+                              * 0.5 * (1 + math.cos(math.pi * progress)))
+            for group in opt.param_groups:
+                group["lr"] = lr
+            cells = cells_fn(step_i, progress) if cells_fn is not None else None
+            if groups > 1:
+                x, y = x.view(groups, -1, x.shape[-1]), y.view(groups, -1)
+            scores = net(x, cells, noise_std=config.noise_std, generator=g)
+            loss = _loss(scores, y, net.config, config.margin_units)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            net.clip_()
+            epoch_loss += float(loss.detach()) / scores.shape[0]
+            step_i += 1
+        result.epoch_seconds.append(time.perf_counter() - t0)
+        result.losses.append(epoch_loss / steps_per_epoch)
+    result.weights = [w.detach().clone() for w in net.binary_weights()]
+    return result
+
+
+def _init_net(net_config: NetworkConfig, replicas: int, seed: int,
+              init: Sequence[torch.Tensor] | None) -> BinaryNetwork:
+    net = BinaryNetwork(net_config, replicas=replicas, seed=seed)
+    if init is not None:
+        net.load_binary(init)
+    return net
+
+
+def train_baseline(data: BinaryData, net_config: NetworkConfig | None = None,
+                   config: TrainConfig | None = None, seed: int = 0) -> TrainResult:
+    """Defect-free software baseline on an ideal array."""
+    net_config = net_config or NetworkConfig()
+    _check_inputs(data, net_config)
+    net = _init_net(net_config, 1, seed, None)
+    return fit(net, data, config or TrainConfig(), seed)
+
+
+def train_hat(data: BinaryData, layout: ArrayLayout, cells: ArrayCells,
+              net_config: NetworkConfig | None = None, config: TrainConfig | None = None,
+              seed: int = 0, init: Sequence[torch.Tensor] | None = None) -> TrainResult:
+    """Hardware-aware training for D dies at once (one weight set per die, one batched model).
+
+    cells: the dies' conductances (D, rows, cols), e.g. `cells_from_defect_maps(maps, device)`.
+    init: starting binary weights (e.g. the baseline's), broadcast to every die.
+    Returns weights of shape (D, n_in, n_out) per layer.
+    """
+    net_config = net_config or NetworkConfig()
+    _check_inputs(data, net_config)
+    layer_cells = layout.layer_cells(cells)
+    net = _init_net(net_config, cells.n, seed, init)
+    return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells)
+
+
+def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
+              net_config: NetworkConfig | None = None, config: SATConfig | None = None,
+              seed: int = 0, init: Sequence[torch.Tensor] | None = None) -> TrainResult:
+    """Statistics-aware training: fresh random defect maps from `stats` for every mini-batch."""
+    net_config = net_config or NetworkConfig()
+    config = config or SATConfig()
+    _check_inputs(data, net_config)
+    if (stats.rows, stats.cols) != (layout.rows, layout.cols):
+        raise ValueError(f"statistics are for a {stats.rows} x {stats.cols} array, the layout "
+                         f"is {layout.rows} x {layout.cols}")
+    g = torch.Generator().manual_seed(seed + 7919)
+    device = layout.device
+
+    def cells_fn(_step: int, progress: float) -> list[LayerCells]:
+        warm = config.warmup_fraction
+        scale = config.rate_scale * (min(progress / warm, 1.0) if warm > 0 else 1.0)
+        kinds, r = stats.sample(config.maps_per_batch, generator=g, scale=scale)
+        return layout.layer_cells(cells_from_kinds(kinds, device, r))
+
+    net = _init_net(net_config, 1, seed, init)
+    return fit(net, data, config, seed, cells_fn, groups=config.maps_per_batch)
+
+
+def _check_inputs(data: BinaryData, net_config: NetworkConfig) -> None:
+    if data.n_inputs != net_config.sizes[0]:
+        raise ValueError(f"data has {data.n_inputs} inputs, the network expects "
+                         f"{net_config.sizes[0]}")
