@@ -6,8 +6,11 @@ and inference move one binary block each. Shapes and values are checked before s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, DTypeLike
 
 from drivers.controls import (
     boolean,
@@ -20,9 +23,12 @@ from drivers.controls import (
     parse_ints,
     validate,
 )
-from drivers.errors import ReplyError
+from drivers.errors import LimitError, ReplyError
 from drivers.scpi import SCPIInstrument
 from drivers.transport import Resource
+
+#: A safety check of one bias setting (name, value); raises to stop the command being sent.
+Guard = Callable[[str, float], None]
 
 #: Cell states of docs/scpi.md; KEEP only in PROG:ARR targets.
 P, AP, KEEP = 0, 1, 2
@@ -43,7 +49,10 @@ def _check_integer_array(name: str, array: ArrayLike, shape: tuple[int, ...],
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     if arr.dtype.kind not in "biu":
         raise ValueError(f"{name} must be an integer or bool array, got dtype {arr.dtype}")
-    if arr.size and not np.isin(arr, allowed).all():
+    contiguous = tuple(allowed) == tuple(range(min(allowed), max(allowed) + 1))
+    in_range_fast = contiguous and (
+        arr.dtype.kind == "b" or (arr.min() >= min(allowed) and arr.max() <= max(allowed)))
+    if arr.size and not in_range_fast and not np.isin(arr, allowed).all():
         bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
         raise ValueError(f"{name} values must be in {allowed}, got {bad}")
     return arr.astype(np.uint8, copy=False)
@@ -70,9 +79,77 @@ class CrossbarTester(SCPIInstrument):
     array_size = measurement("ARR:SIZE?", "array (rows, cols)", cast=_parse_size, cached=True)
     in_contact = measurement("CONT?", "a die is in contact", cast=parse_bool)
 
-    def __init__(self, resource: Resource, name: str = "xbar", *, check_errors: bool = True):
+    #: Settings whose values bias the devices, and the operations that apply each of them.
+    BIAS_SETTINGS: ClassVar[dict[str, str]] = {
+        "SOUR:READ:VOLT": "read_voltage_v",
+        "SOUR:PULS:AMPL": "pulse_amplitude_v",
+        "SOUR:PULS:WIDT": "pulse_width_s",
+        "SENS:CURR:COMP": "compliance_a",
+    }
+    #: Operations that bias the devices, by header prefix, and the settings each applies.
+    BIAS_OPERATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "PROG:": ("pulse_amplitude_v", "pulse_width_s", "compliance_a"),
+        "MEAS:": ("read_voltage_v", "compliance_a"),
+        "INF:": ("read_voltage_v", "compliance_a"),
+    }
+
+    def __init__(self, resource: Resource, name: str = "xbar", *, check_errors: bool = True,
+                 guard: Guard | None = None):
         super().__init__(resource, name, check_errors=check_errors)
+        self.guard = guard
+        self._bias: dict[str, float] = {}  # last value known to be set on the instrument
         self.rows, self.cols = self.array_size
+
+    # -- safety guard: every message passes here, whoever composed it ---------------------------
+
+    def _police(self, command: str) -> str | None:
+        """Guard a message before it is sent; returns the bias setting it changes, if any."""
+        header, _, arg = command.strip().partition(" ")
+        header = header.upper()
+        if header == "*RST":
+            self._bias.clear()
+        for prefix, settings in self.BIAS_OPERATIONS.items():
+            if header.startswith(prefix):
+                self._check_bias(settings)
+        setting = self.BIAS_SETTINGS.get(header)
+        if setting is not None and self.guard is not None:
+            try:
+                value = float(arg)
+            except ValueError:
+                raise LimitError(setting, arg, "a number checked by the safety guard") from None
+            self.guard(setting, value)
+        return setting
+
+    def write(self, command: str, *, check: bool | None = None) -> None:
+        setting = self._police(command)
+        super().write(command, check=check)
+        if setting is not None:
+            self._bias[setting] = float(command.split(None, 1)[1])
+
+    def query(self, command: str, *, check: bool | None = None) -> str:
+        self._police(command)
+        return super().query(command, check=check)
+
+    def write_block(self, header_cmd: str, array: ArrayLike, dtype: DTypeLike | None = None,
+                    *, check: bool | None = None) -> None:
+        self._police(header_cmd)
+        super().write_block(header_cmd, array, dtype, check=check)
+
+    def query_block(self, cmd: str, dtype: DTypeLike, count: int | None = None, *,
+                    data: ArrayLike | None = None, data_dtype: DTypeLike | None = None,
+                    check: bool | None = None) -> np.ndarray:
+        self._police(cmd)
+        return super().query_block(cmd, dtype, count, data=data, data_dtype=data_dtype,
+                                   check=check)
+
+    def _check_bias(self, settings: tuple[str, ...]) -> None:
+        """Before a pulse or a read: the instrument's current bias settings pass the guard."""
+        if self.guard is None:
+            return
+        for name in settings:
+            if name not in self._bias:
+                self._bias[name] = float(getattr(self, name))
+            self.guard(name, self._bias[name])
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -94,8 +94,7 @@ class Station:
         prober_res.timeout = inst.prober.timeout_s * 1000
         tester_res.timeout = inst.tester.timeout_s * 1000
         self.prober = VeloxProber(prober_res)
-        self.tester = CrossbarTester(tester_res)
-        self.tester.guard = self.policy.check
+        self.tester = CrossbarTester(tester_res, guard=self.policy.check)
 
     def _verify_identity(self) -> dict[str, str]:
         return {"prober": self.prober.identity(), "tester": self.tester.identity()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from .physics import SimulatedWafer
 
@@ -116,7 +118,7 @@ class ProberModel:
         self._no_args(arg)
         return f" {len(self.wafer_map)} " + " ".join(f"{c},{r}" for c, r in self.wafer_map)
 
-    _HANDLERS = {
+    _HANDLERS: ClassVar[dict[str, Callable[[ProberModel, str], str]]] = {
         "StepFirstDie": _step_first,
         "StepNextDie": _step_next,
         "MoveChuckContact": _contact,

@@ -74,6 +74,8 @@ class TesterModel:
         handler = self._HANDLERS.get(header)
         if handler is None:
             return None
+        if header in self._NO_ARGUMENTS and args.strip():
+            raise ScpiError("parameter_not_allowed", header)
         return handler(self, args)
 
     # ---- preconditions -----------------------------------------------------------------
@@ -149,6 +151,7 @@ class TesterModel:
             self.setting("compliance_a"))
         return encode_block(currents.astype("<f4").tobytes())
 
+    _NO_ARGUMENTS: ClassVar[frozenset[str]] = frozenset({"ARR:SIZE?", "CONT?", "MEAS:ARR?"})
     _HANDLERS: ClassVar[dict[str, Callable[[TesterModel, bytes], bytes]]] = {
         "ARR:SIZE?": _size,
         "CONT?": _contact,

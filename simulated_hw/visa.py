@@ -98,6 +98,9 @@ class ModelDevice(Device):
     def _respond(self, message: bytes) -> Any:
         header, _, args = message.strip().partition(b" ")
         is_query = header.endswith(b"?")
+        if self.scpi:  # SCPI headers are case-insensitive
+            header = header.upper()
+            message = header + (b" " + args if args else b"")
         try:
             reply = self._dispatch(message, header.decode("ascii", "replace"), args)
         except ScpiError as err:
@@ -125,9 +128,11 @@ class ModelDevice(Device):
         if header == "*CLS":
             self._clear_status()
             return b""
-        if self.scpi and args and not header.endswith("?"):
+        if self.scpi and not header.endswith("?") and header in self._setting_headers:
+            if not args.strip():
+                raise ScpiError("missing_parameter", header)
             return self._set(header, args)
-        response = self._match(message)
+        response = self._match(message) if message.isascii() else None  # SCPI is ASCII
         return None if response is None or response is NoResponse else response
 
     def _set(self, header: str, args: bytes) -> bytes | None:

@@ -173,7 +173,7 @@ def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     y = d.target.astype(np.int64)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
-    n_test = int(round(test_fraction * len(x)))
+    n_test = round(test_fraction * len(x))
     te, tr = order[:n_test], order[n_test:]
     return Dataset(x[tr], y[tr], x[te], y[te], name="sklearn-digits")
 

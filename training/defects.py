@@ -107,6 +107,28 @@ def failed_lines(kinds: np.ndarray, threshold: float = 0.9) -> tuple[list[tuple[
     return out[0], out[1]
 
 
+@dataclass(frozen=True)
+class SparseDefects:
+    """Defective cells of n sampled maps: map index, flat cell index (row * cols + col), kind,
+    resistance (ohm, shorts and opens; 0 otherwise). Later entries override earlier ones."""
+
+    n: int
+    rows: int
+    cols: int
+    die: torch.Tensor
+    flat: torch.Tensor
+    kind: torch.Tensor
+    resistance_ohm: torch.Tensor
+
+    def dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """kinds int8 (n, rows, cols) and resistance_ohm float32 (n, rows, cols)."""
+        kinds = torch.zeros(self.n, self.rows * self.cols, dtype=torch.int8)
+        r = torch.zeros(self.n, self.rows * self.cols)
+        kinds[self.die, self.flat] = self.kind
+        r[self.die, self.flat] = self.resistance_ohm
+        return (kinds.view(self.n, self.rows, self.cols), r.view(self.n, self.rows, self.cols))
+
+
 class DefectStatistics(BaseModel):
     """Defect statistics of a population of dies, and a sampler of random maps from them.
 
@@ -208,53 +230,71 @@ class DefectStatistics(BaseModel):
         total = torch.exp(self.total_rate_log_mean + self.total_rate_log_std * z)
         return total[:, None].clamp(max=0.5) * frac[None, :]
 
-    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
-               scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw n random maps: kinds int8 (n, rows, cols) and resistance_ohm float32 (n, rows, cols).
+    def sample_sparse(self, n: int, seed: int | None = None,
+                      generator: torch.Generator | None = None,
+                      scale: float = 1.0) -> SparseDefects:
+        """Draw n random maps as a list of defective cells (fast: defects are rare).
 
-        The resistance is that of shorted/open cells (drawn lognormal from the fitted values) and
-        0 elsewhere. `scale` multiplies every rate (used for curriculum schedules).
+        Per map: its rates (bootstrap or lognormal), a Poisson number of isolated defects at
+        uniform positions with kinds drawn by those rates, then whole failed rows/columns (a
+        Poisson count, overwriting the cells they cross). `scale` multiplies the rates (used for
+        warm-up schedules; line failures are scaled by min(scale, 1)).
         """
         if n < 0:
             raise ValueError(f"cannot sample {n} maps")
         g = _make_generator(seed, generator)
-        rates = self._die_rates(n, g) * scale  # (n, 4)
-        cum = torch.cumsum(rates, dim=1)  # thresholds of a uniform draw
-        u = torch.rand(n, self.rows, self.cols, generator=g)
-        kinds = torch.zeros(n, self.rows, self.cols, dtype=torch.int8)
-        # a cell is kind k if cum[k-1] <= u < cum[k]
-        below = (u[..., None] < cum[:, None, None, :]).sum(dim=-1)  # 4 - index
-        kinds = torch.where(below > 0, (5 - below).to(torch.int8), kinds)
-        self._add_lines(kinds, g, scale)
-        r = torch.zeros(n, self.rows, self.cols)
-        short = kinds == CellDefect.SHORT
-        opened = kinds == CellDefect.OPEN
-        zs = torch.randn(n, self.rows, self.cols, generator=g)
-        r = torch.where(short, torch.exp(self.short_log_r_mean + self.short_log_r_std * zs), r)
-        r = torch.where(opened, torch.exp(self.open_log_r_mean + self.open_log_r_std * zs), r)
-        return kinds, r
-
-    def _add_lines(self, kinds: torch.Tensor, g: torch.Generator, scale: float) -> None:
-        """Overwrite whole rows/columns with a failed-line kind, Poisson count per die."""
-        n = kinds.shape[0]
-        if n == 0:
-            return
+        n_cells = self.rows * self.cols
+        rates = (self._die_rates(n, g) * scale).clamp(max=1.0)  # (n, 4)
+        total = rates.sum(dim=1)
+        counts = torch.poisson(total * n_cells, generator=g).long()
+        die = torch.repeat_interleave(torch.arange(n), counts)
+        flat = torch.randint(0, n_cells, (die.numel(),), generator=g)
+        cum = torch.cumsum(rates / total.clamp_min(1e-12)[:, None], dim=1)[die]
+        u = torch.rand(die.numel(), 1, generator=g)
+        kind = (1 + (u >= cum[:, :3]).sum(dim=1)).to(torch.int8)
+        parts_d, parts_f, parts_k = [die], [flat], [kind]
         fr = torch.tensor(self.line_kind_fractions, dtype=torch.float32)
-        for axis, per_die, length in ((1, self.failed_rows_per_die, self.rows),
-                                      (2, self.failed_cols_per_die, self.cols)):
-            if per_die <= 0:
+        for per_die, length, along in ((self.failed_rows_per_die, self.rows, self.cols),
+                                       (self.failed_cols_per_die, self.cols, self.rows)):
+            if per_die <= 0 or n == 0:
                 continue
-            counts = torch.poisson(torch.full((n,), per_die * min(scale, 1.0)), generator=g)
-            total = int(counts.sum())
-            if total == 0:
+            lc = torch.poisson(torch.full((n,), per_die * min(scale, 1.0)), generator=g).long()
+            k = int(lc.sum())
+            if k == 0:
                 continue
-            die = torch.repeat_interleave(torch.arange(n), counts.long())
-            line = torch.randint(0, length, (total,), generator=g)
-            kind = (torch.multinomial(fr, total, replacement=True, generator=g) + 1).to(torch.int8)
-            if axis == 1:
-                kinds[die, line, :] = kind[:, None]
+            ldie = torch.repeat_interleave(torch.arange(n), lc)
+            line = torch.randint(0, length, (k,), generator=g)
+            lkind = (torch.multinomial(fr, k, replacement=True, generator=g) + 1).to(torch.int8)
+            pos = torch.arange(along)
+            if length == self.rows:
+                cells = line[:, None] * self.cols + pos[None, :]
             else:
-                kinds[die, :, line] = kind[:, None]
+                cells = pos[None, :] * self.cols + line[:, None]
+            parts_d.append(ldie.repeat_interleave(along))
+            parts_f.append(cells.reshape(-1))
+            parts_k.append(lkind.repeat_interleave(along))
+        die, flat, kind = torch.cat(parts_d), torch.cat(parts_f), torch.cat(parts_k)
+        # keep the last entry of each cell (lines override isolated defects), deterministically
+        _, inverse = torch.unique(die * n_cells + flat, return_inverse=True)
+        last = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1,
+                          dtype=torch.long)
+        keep = last.scatter_reduce(0, inverse, torch.arange(inverse.numel()), "amax")
+        die, flat, kind = die[keep], flat[keep], kind[keep]
+        z = torch.randn(die.numel(), generator=g)
+        r = torch.where(kind == CellDefect.SHORT,
+                        torch.exp(self.short_log_r_mean + self.short_log_r_std * z),
+                        torch.where(kind == CellDefect.OPEN,
+                                    torch.exp(self.open_log_r_mean + self.open_log_r_std * z),
+                                    torch.zeros_like(z)))
+        return SparseDefects(n, self.rows, self.cols, die, flat, kind, r)
+
+    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
+               scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n random maps: int8 kinds and float32 resistance_ohm, both (n, rows, cols).
+
+        The resistance is that of shorted/open cells (lognormal, fitted) and 0 elsewhere.
+        """
+        return self.sample_sparse(n, seed, generator, scale).dense()
 
     def sample_maps(self, n: int, seed: int | None = None) -> list[DefectMap]:
         """n random maps as DefectMap objects (convenience for tests and tools)."""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .defects import CellDefect, DefectMap
+from .defects import CellDefect, DefectMap, SparseDefects
 
 P_STATE, AP_STATE, UNTOUCHED = 0, 1, 2
 
@@ -34,28 +34,28 @@ class DeviceModel(BaseModel):
     """Nominal conductances of a healthy cell (siemens) and the read voltage.
 
     Defaults: R_P 5 kOhm, TMR 120 %, R_access 1 kOhm (DESIGN.md), so G_P = 1/6 kOhm and
-    G_AP = 1/12 kOhm. `g_short_S` is used for shorted cells whose resistance was not measured.
+    G_AP = 1/12 kOhm. `g_short_s` is used for shorted cells whose resistance was not measured.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    g_p_S: float = Field(1.0 / 6000.0, gt=0)
-    g_ap_S: float = Field(1.0 / 12000.0, gt=0)
-    g_short_S: float = Field(1.0 / 1150.0, gt=0)
-    v_read_V: float = Field(0.1, gt=0)
+    g_p_s: float = Field(1.0 / 6000.0, gt=0)
+    g_ap_s: float = Field(1.0 / 12000.0, gt=0)
+    g_short_s: float = Field(1.0 / 1150.0, gt=0)
+    v_read_v: float = Field(0.1, gt=0)
 
     @classmethod
     def from_resistances(cls, r_p_ohm: float = 5000.0, tmr: float = 1.2,
                          r_access_ohm: float = 1000.0, r_short_ohm: float = 150.0,
-                         v_read_V: float = 0.1) -> DeviceModel:
+                         v_read_v: float = 0.1) -> DeviceModel:
         """Nominal conductances from median device parameters."""
-        return cls(g_p_S=1.0 / (r_access_ohm + r_p_ohm),
-                   g_ap_S=1.0 / (r_access_ohm + r_p_ohm * (1.0 + tmr)),
-                   g_short_S=1.0 / (r_access_ohm + r_short_ohm), v_read_V=v_read_V)
+        return cls(g_p_s=1.0 / (r_access_ohm + r_p_ohm),
+                   g_ap_s=1.0 / (r_access_ohm + r_p_ohm * (1.0 + tmr)),
+                   g_short_s=1.0 / (r_access_ohm + r_short_ohm), v_read_v=v_read_v)
 
     @classmethod
     def fit(cls, r_all_p_ohm: np.ndarray, r_all_ap_ohm: np.ndarray,
-            kinds: np.ndarray | None = None, v_read_V: float = 0.1) -> DeviceModel:
+            kinds: np.ndarray | None = None, v_read_v: float = 0.1) -> DeviceModel:
         """Medians of healthy cells from two read-backs (array written all-P, then all-AP)."""
         a, b = np.asarray(r_all_p_ohm, float), np.asarray(r_all_ap_ohm, float)
         if a.shape != b.shape:
@@ -66,13 +66,13 @@ class DeviceModel(BaseModel):
         g_short = 1.0 / 1150.0
         if kinds is not None and (np.asarray(kinds) == CellDefect.SHORT).any():
             g_short = float(np.median(1.0 / a[np.asarray(kinds) == CellDefect.SHORT]))
-        return cls(g_p_S=float(np.median(1.0 / a[ok])), g_ap_S=float(np.median(1.0 / b[ok])),
-                   g_short_S=g_short, v_read_V=v_read_V)
+        return cls(g_p_s=float(np.median(1.0 / a[ok])), g_ap_s=float(np.median(1.0 / b[ok])),
+                   g_short_s=g_short, v_read_v=v_read_v)
 
     @property
-    def unit_S(self) -> float:
+    def unit_s(self) -> float:
         """Differential swing of one weight, G_P - G_AP: the unit of conductances in training."""
-        return self.g_p_S - self.g_ap_S
+        return self.g_p_s - self.g_ap_s
 
 
 # ---- per-cell conductances of whole arrays ---------------------------------------------------
@@ -125,14 +125,14 @@ def cells_from_kinds(kinds: torch.Tensor | np.ndarray, device: DeviceModel,
         raise ValueError(f"kinds must be (rows, cols) or (D, rows, cols), got {tuple(k.shape)}")
     k = k.to(torch.int8)
     shape = k.shape
-    gp = torch.full(shape, device.g_p_S) if g_p is None else torch.as_tensor(g_p).float()
-    gap = torch.full(shape, device.g_ap_S) if g_ap is None else torch.as_tensor(g_ap).float()
+    gp = torch.full(shape, device.g_p_s) if g_p is None else torch.as_tensor(g_p).float()
+    gap = torch.full(shape, device.g_ap_s) if g_ap is None else torch.as_tensor(g_ap).float()
     gp, gap = gp.reshape(shape) if gp.numel() == k.numel() else gp, gap
     gap = gap.reshape(shape) if gap.numel() == k.numel() else gap
     if gp.shape != shape or gap.shape != shape:
         raise ValueError(f"per-device conductances {tuple(gp.shape)} do not match kinds "
                          f"{tuple(shape)}")
-    g_short = torch.full(shape, device.g_short_S)
+    g_short = torch.full(shape, device.g_short_s)
     g_open = torch.zeros(shape)
     if resistance_ohm is not None:
         r = torch.as_tensor(resistance_ohm, dtype=torch.float32)
@@ -185,7 +185,12 @@ def cells_from_resistance(resistance_ohm: np.ndarray | torch.Tensor) -> ArrayCel
 # ---- layout ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerPlacement:
-    """Where one layer sits: the array row of each input, plus/minus columns of each output."""
+    """Where one layer sits: the array row(s) of each input, plus/minus columns of each output.
+
+    rows: (n_in,) or (n_in, rep): with rep > 1 each input drives rep rows carrying the same
+    weights (row redundancy: the layer's nominal current grows rep-fold, a single defective
+    cell's does not). Conductances a layer sees are averaged over its replicas.
+    """
 
     rows: np.ndarray
     plus_cols: np.ndarray
@@ -194,16 +199,25 @@ class LayerPlacement:
     def __post_init__(self) -> None:
         for name in ("rows", "plus_cols", "minus_cols"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+        if self.rows.ndim == 1:
+            object.__setattr__(self, "rows", self.rows[:, None])
+        if self.rows.ndim != 2 or self.plus_cols.ndim != 1:
+            raise ValueError("rows must be (n_in,) or (n_in, rep) and columns 1-D")
         if self.plus_cols.shape != self.minus_cols.shape:
             raise ValueError("plus_cols and minus_cols must have the same length")
 
     @property
     def n_in(self) -> int:
-        return int(self.rows.size)
+        return int(self.rows.shape[0])
 
     @property
     def n_out(self) -> int:
         return int(self.plus_cols.size)
+
+    @property
+    def replicas(self) -> int:
+        """Rows driven by each input."""
+        return int(self.rows.shape[1])
 
     @property
     def row_range(self) -> tuple[int, int]:
@@ -213,13 +227,23 @@ class LayerPlacement:
     @property
     def col_range(self) -> tuple[int, int]:
         """Bounding columns [start, stop) of the layer on the array."""
-        cols = np.concatenate([self.plus_cols, self.minus_cols])
-        return int(cols.min()), int(cols.max()) + 1
+        return int(self.cols.min()), int(self.cols.max()) + 1
 
     @property
     def cols(self) -> np.ndarray:
         """All columns the layer reads, plus then minus."""
         return np.concatenate([self.plus_cols, self.minus_cols])
+
+    def flat_index(self, n_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat array indices (row * n_cols + col) of plus and minus cells, (n_in, rep, n_out)."""
+        key = "_flat_cache"
+        cache = self.__dict__.get(key)
+        if cache is None or cache[0] != n_cols:
+            base = torch.as_tensor(self.rows)[:, :, None] * n_cols
+            cache = (n_cols, base + torch.as_tensor(self.plus_cols),
+                     base + torch.as_tensor(self.minus_cols))
+            object.__setattr__(self, key, cache)
+        return cache[1], cache[2]
 
 
 @dataclass(frozen=True)
@@ -228,14 +252,14 @@ class ArrayLayout:
 
     Layer l's inputs drive `layers[l].rows`; its output j is I[plus_cols[j]] - I[minus_cols[j]].
     The last layer has `output_copies` copies of each class (output index copy * n_classes + k);
-    class scores combine the copies (`copy_combine`: "sum" or "median").
+    class scores combine the copies (`copy_combine`: "mean" or "median").
     """
 
     rows: int
     cols: int
     layers: tuple[LayerPlacement, ...]
     output_copies: int = 1
-    copy_combine: str = "sum"
+    copy_combine: str = "mean"
     device: DeviceModel = field(default_factory=DeviceModel)
 
     def __post_init__(self) -> None:
@@ -249,16 +273,16 @@ class ArrayLayout:
             if lp.cols.min() < 0 or lp.cols.max() >= self.cols:
                 raise ValueError(f"layer {i} uses columns {lp.col_range} outside the array's "
                                  f"{self.cols} columns")
-            if np.unique(lp.rows).size != lp.n_in or np.unique(lp.cols).size != 2 * lp.n_out:
+            if np.unique(lp.rows).size != lp.rows.size or np.unique(lp.cols).size != 2 * lp.n_out:
                 raise ValueError(f"layer {i} uses a row or a column twice")
-            used[np.ix_(lp.rows, lp.cols)] += 1
+            used[np.ix_(lp.rows.ravel(), lp.cols)] += 1
             if i > 0 and self.layers[i - 1].n_out != lp.n_in:
                 raise ValueError(f"layer {i} has {lp.n_in} inputs but layer {i - 1} has "
                                  f"{self.layers[i - 1].n_out} outputs")
         if (used > 1).any():
             r, c = np.argwhere(used > 1)[0]
             raise ValueError(f"layers overlap on the array (first shared cell: row {r}, col {c})")
-        if self.copy_combine not in ("sum", "median"):
+        if self.copy_combine not in ("mean", "median"):
             raise ValueError(f"copy_combine must be 'sum' or 'median', got {self.copy_combine!r}")
         if self.layers[-1].n_out % self.output_copies:
             raise ValueError("last layer outputs are not a multiple of output_copies")
@@ -266,8 +290,9 @@ class ArrayLayout:
     # ---- construction ---------------------------------------------------------------------
     @classmethod
     def default(cls, sizes: Sequence[int] = (100, 90, 10), rows: int = 100, cols: int = 200,
-                output_copies: int = 1, copy_combine: str = "sum",
-                device: DeviceModel | None = None) -> ArrayLayout:
+                output_copies: int = 1, copy_combine: str = "mean",
+                device: DeviceModel | None = None, row_replicas: Sequence[int] | None = None,
+                ) -> ArrayLayout:
         """Layers side by side from column 0, each on rows 0..n_in-1, pairs (2j, 2j+1).
 
         For (100, 90, 10) on 100 x 200: layer 1 on rows 0-99, cols 0-179; layer 2 on rows 0-89,
@@ -276,17 +301,22 @@ class ArrayLayout:
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"a network needs at least two sizes (in, out), got {sizes}")
-        outs = sizes[1:-1] + [sizes[-1] * output_copies]
+        outs = [*sizes[1:-1], sizes[-1] * output_copies]
+        reps = list(row_replicas) if row_replicas is not None else [1] * len(outs)
+        if len(reps) != len(outs) or min(reps) < 1:
+            raise ValueError(f"row_replicas {reps} must give one count >= 1 per layer")
         need_cols = 2 * sum(outs)
-        need_rows = max(sizes[:-1])
+        need_rows = max(n * r for n, r in zip(sizes[:-1], reps, strict=True))
         if need_cols > cols or need_rows > rows:
             raise ValueError(
-                f"network {sizes} (output copies {output_copies}) needs {need_rows} rows x "
+                f"network {sizes} (output copies {output_copies}, row replicas {reps}) needs "
+                f"{need_rows} rows x "
                 f"{need_cols} columns, the array is {rows} x {cols}")
         layers, c0 = [], 0
-        for n_in, n_out in zip(sizes[:-1], outs, strict=True):
+        for n_in, n_out, rep in zip(sizes[:-1], outs, reps, strict=True):
             plus = c0 + 2 * np.arange(n_out)
-            layers.append(LayerPlacement(np.arange(n_in), plus, plus + 1))
+            rows_ = np.arange(n_in * rep).reshape(rep, n_in).T  # input i on rows i, i + n_in..
+            layers.append(LayerPlacement(rows_, plus, plus + 1))
             c0 += 2 * n_out
         return cls(rows, cols, tuple(layers), output_copies, copy_combine,
                    device or DeviceModel())
@@ -322,8 +352,9 @@ class ArrayLayout:
                 raise ValueError(f"layer {i} weights have shape {w.shape}, the layout expects "
                                  f"{(lp.n_in, lp.n_out)}")
             pos = w > 0
-            states[np.ix_(lp.rows, lp.plus_cols)] = np.where(pos, P_STATE, AP_STATE)
-            states[np.ix_(lp.rows, lp.minus_cols)] = np.where(pos, AP_STATE, P_STATE)
+            for t in range(lp.replicas):
+                states[np.ix_(lp.rows[:, t], lp.plus_cols)] = np.where(pos, P_STATE, AP_STATE)
+                states[np.ix_(lp.rows[:, t], lp.minus_cols)] = np.where(pos, AP_STATE, P_STATE)
         return states
 
     # ---- running the chip -----------------------------------------------------------------
@@ -334,7 +365,8 @@ class ArrayLayout:
         if x.shape[1] != lp.n_in:
             raise ValueError(f"layer {layer} takes {lp.n_in} inputs, got shape {x.shape}")
         out = np.zeros((x.shape[0], self.rows), dtype=np.uint8)
-        out[:, lp.rows] = (x > 0).astype(np.uint8)
+        for t in range(lp.replicas):
+            out[:, lp.rows[:, t]] = (x > 0).astype(np.uint8)
         return out
 
     def layer_outputs(self, layer: int, currents: np.ndarray) -> np.ndarray:
@@ -348,7 +380,7 @@ class ArrayLayout:
     def class_scores(self, outputs: np.ndarray) -> np.ndarray:
         """Combine the copies of the last layer's outputs (n, n_out) into (n, n_classes)."""
         o = np.asarray(outputs).reshape(len(outputs), self.output_copies, self.n_classes)
-        return o.sum(axis=1) if self.copy_combine == "sum" else np.median(o, axis=1)
+        return o.mean(axis=1) if self.copy_combine == "mean" else np.median(o, axis=1)
 
     def infer(self, x: np.ndarray, column_currents: Callable[[np.ndarray], np.ndarray]
               ) -> np.ndarray:
@@ -364,12 +396,63 @@ class ArrayLayout:
         return np.argmax(self.class_scores(out), axis=1)
 
     # ---- what each layer sees ------------------------------------------------------------
+    def cell_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per array cell (flat): layer index (-1 unused), position in the layer's
+        (n_in, n_out) weights, side (+1 plus, -1 minus). Cached."""
+        cache = self.__dict__.get("_lookup_cache")
+        if cache is None:
+            layer = torch.full((self.rows * self.cols,), -1, dtype=torch.long)
+            pos = torch.zeros(self.rows * self.cols, dtype=torch.long)
+            side = torch.zeros(self.rows * self.cols, dtype=torch.long)
+            for i, lp in enumerate(self.layers):
+                plus, minus = lp.flat_index(self.cols)
+                where = (torch.arange(lp.n_in)[:, None, None] * lp.n_out
+                         + torch.arange(lp.n_out)[None, None, :]).expand_as(plus)
+                for flat, sgn in ((plus, 1), (minus, -1)):
+                    layer[flat.reshape(-1)] = i
+                    pos[flat.reshape(-1)] = where.reshape(-1)
+                    side[flat.reshape(-1)] = sgn
+            cache = (layer, pos, side)
+            object.__setattr__(self, "_lookup_cache", cache)
+        return cache
+
+    def sparse_layer_cells(self, defects: SparseDefects) -> list[LayerCells]:
+        """Per-layer conductances of sampled maps (nominal healthy cells) straight from the
+        sparse defect list: nominal (a, b) plus additive per-device corrections. Fast path of
+        statistics-aware training; equals layer_cells(cells_from_sparse(defects, device))."""
+        if (defects.rows, defects.cols) != (self.rows, self.cols):
+            raise ValueError(f"defects of a {defects.rows} x {defects.cols} array for a "
+                             f"{self.rows} x {self.cols} layout")
+        dev = self.device
+        layer_of, pos_of, side_of = self.cell_lookup()
+        layer, pos, side = layer_of[defects.flat], pos_of[defects.flat], side_of[defects.flat]
+        k, r = defects.kind, defects.resistance_ohm
+        measured = 1.0 / r.clamp_min(1e-3)
+        g = torch.where(
+            k == CellDefect.SHORT, torch.where(r > 0, measured, dev.g_short_s),
+            torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
+                        torch.where(k == CellDefect.STUCK_P, dev.g_p_s, dev.g_ap_s)))
+        # plus device fixed at g: a += g - g_ap; minus device fixed at g: a -= g - g_p; b -= u
+        da = torch.where(side > 0, g - dev.g_ap_s, dev.g_p_s - g) / dev.unit_s
+        out = []
+        for i, lp in enumerate(self.layers):
+            sel = layer == i
+            size = lp.n_in * lp.n_out
+            idx = defects.die[sel] * size + pos[sel]
+            a = torch.full((defects.n * size,), -1.0)
+            b = torch.full((defects.n * size,), 2.0)
+            a.index_add_(0, idx, da[sel] / lp.replicas)
+            b.index_add_(0, idx, torch.full((idx.numel(),), -1.0 / lp.replicas))
+            shape = (defects.n, lp.n_in, lp.n_out)
+            out.append(LayerCells(a.view(shape), b.view(shape)))
+        return out
+
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
         """Per-layer conductances (weight units) of D arrays with this layout."""
         if cells.shape != (self.rows, self.cols):
             raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
                              f"{self.cols} layout")
-        return [extract_layer(cells, lp, self.device.unit_S) for lp in self.layers]
+        return [extract_layer(cells, lp, self.device.unit_s) for lp in self.layers]
 
 
 @dataclass(frozen=True)
@@ -388,16 +471,36 @@ class LayerCells:
         return int(self.a.shape[0])
 
 
-def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_S: float) -> LayerCells:
-    """Gather one layer's (a, b) from array conductances."""
-    rows = torch.as_tensor(lp.rows)
-    pc, mc = torch.as_tensor(lp.plus_cols), torch.as_tensor(lp.minus_cols)
-    gp, gap = cells.g_p[:, rows], cells.g_ap[:, rows]
-    gp_plus, gap_plus = gp[:, :, pc], gap[:, :, pc]
-    gp_minus, gap_minus = gp[:, :, mc], gap[:, :, mc]
-    a = (gap_plus - gp_minus) / unit_S
-    b = ((gp_plus - gap_plus) + (gp_minus - gap_minus)) / unit_S
-    return LayerCells(a.contiguous(), b.contiguous())
+def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float) -> LayerCells:
+    """Gather one layer's (a, b) in weight units from array conductances."""
+    n, rows, cols = cells.g_p.shape
+    plus, minus = lp.flat_index(cols)
+    gp, gap = cells.g_p.reshape(n, rows * cols), cells.g_ap.reshape(n, rows * cols)
+    shape = (n, *plus.shape)
+    pf, mf = plus.reshape(-1), minus.reshape(-1)
+    gp_plus, gap_plus = gp[:, pf].view(shape), gap[:, pf].view(shape)
+    gp_minus, gap_minus = gp[:, mf].view(shape), gap[:, mf].view(shape)
+    a = gap_plus - gp_minus
+    b = (gp_plus - gap_plus) + (gp_minus - gap_minus)
+    scale = 1.0 / (unit_s * lp.replicas)
+    return LayerCells((a.sum(dim=2) * scale).contiguous(), (b.sum(dim=2) * scale).contiguous())
+
+
+def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells:
+    """Conductances of sampled maps (nominal healthy cells, defect overrides), fast path."""
+    n, size = defects.n, defects.rows * defects.cols
+    g_p = torch.full((n, size), device.g_p_s)
+    g_ap = torch.full((n, size), device.g_ap_s)
+    k, r = defects.kind, defects.resistance_ohm
+    measured = 1.0 / r.clamp_min(1e-3)
+    fixed = torch.where(
+        k == CellDefect.SHORT, torch.where(r > 0, measured, device.g_short_s),
+        torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
+                    torch.where(k == CellDefect.STUCK_P, device.g_p_s, device.g_ap_s)))
+    g_p[defects.die, defects.flat] = fixed
+    g_ap[defects.die, defects.flat] = fixed
+    shape = (n, defects.rows, defects.cols)
+    return ArrayCells(g_p.view(shape), g_ap.view(shape))
 
 
 def stack_layer_cells(per_die: Sequence[Sequence[LayerCells]]) -> list[LayerCells]:

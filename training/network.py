@@ -12,6 +12,7 @@ batched hardware-aware training).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -29,8 +30,8 @@ class NetworkConfig(BaseModel):
 
     sizes: tuple[int, ...] = Field((100, 90, 10), description="inputs, hidden..., classes")
     output_copies: int = Field(1, ge=1, description="redundant copies of each output neuron")
-    copy_combine: str = Field("sum", pattern="^(sum|median)$")
-    ste_window: float = Field(1.0, gt=0, description="hidden STE window, units of sqrt(n_in)")
+    copy_combine: str = Field("mean", pattern="^(mean|median)$")
+    ste_window: float = Field(0.5, gt=0, description="hidden STE window, units of sqrt(n_in)")
     logit_scale: float = Field(0.25, gt=0, description="softmax logits per weight unit")
 
     @property
@@ -86,7 +87,7 @@ def combine_copies(scores: torch.Tensor, copies: int, how: str) -> torch.Tensor:
     if copies == 1:
         return scores
     s = scores.unflatten(-1, (copies, scores.shape[-1] // copies))
-    return s.sum(dim=-2) if how == "sum" else s.median(dim=-2).values
+    return s.mean(dim=-2) if how == "mean" else s.median(dim=-2).values
 
 
 class BinaryNetwork(nn.Module):
@@ -103,7 +104,7 @@ class BinaryNetwork(nn.Module):
         sizes = self.config.physical_sizes
         self.weights = nn.ParameterList(
             nn.Parameter(0.1 * (2 * torch.rand(replicas, n_in, n_out, generator=g) - 1))
-            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+            for n_in, n_out in itertools.pairwise(sizes)
         )
 
     @property
@@ -141,10 +142,7 @@ class BinaryNetwork(nn.Module):
         n_layers = len(self.weights)
         for i, w in enumerate(self.weights):
             s = binarize(w)
-            if cells is None:
-                diff = 2.0 * s - 1.0
-            else:
-                diff = cells[i].a + s * cells[i].b
+            diff = 2.0 * s - 1.0 if cells is None else cells[i].a + s * cells[i].b
             z = torch.matmul(h, diff)
             if noise_std > 0:
                 active = h.sum(dim=-1, keepdim=True).clamp_min(1.0).sqrt()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .datasets import BinaryData
 from .defects import DefectStatistics
-from .mapping import ArrayCells, ArrayLayout, LayerCells, cells_from_kinds
+from .mapping import ArrayCells, ArrayLayout, LayerCells
 from .network import BinaryNetwork, NetworkConfig
 
 
@@ -47,6 +47,7 @@ class SATConfig(TrainConfig):
     maps_per_batch: int = Field(8, ge=1)
     warmup_fraction: float = Field(0.2, ge=0, le=1, description="epochs ramping rate 0 -> 1")
     rate_scale: float = Field(1.0, ge=0, description="multiplier of sampled defect rates")
+    prefetch_steps: int = Field(16, ge=1, description="steps whose maps are drawn at once")
 
 
 @dataclass
@@ -168,13 +169,20 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
         raise ValueError(f"statistics are for a {stats.rows} x {stats.cols} array, the layout "
                          f"is {layout.rows} x {layout.cols}")
     g = torch.Generator().manual_seed(seed + 7919)
-    device = layout.device
+    m = config.maps_per_batch
+    buffer: list[list[LayerCells]] = []
 
     def cells_fn(_step: int, progress: float) -> list[LayerCells]:
-        warm = config.warmup_fraction
-        scale = config.rate_scale * (min(progress / warm, 1.0) if warm > 0 else 1.0)
-        kinds, r = stats.sample(config.maps_per_batch, generator=g, scale=scale)
-        return layout.layer_cells(cells_from_kinds(kinds, device, r))
+        # maps for `prefetch_steps` steps are drawn in one vectorised call, then sliced
+        if not buffer:
+            warm = config.warmup_fraction
+            scale = config.rate_scale * (min(progress / warm, 1.0) if warm > 0 else 1.0)
+            chunk = layout.sparse_layer_cells(
+                stats.sample_sparse(m * config.prefetch_steps, generator=g, scale=scale))
+            for k in range(config.prefetch_steps - 1, -1, -1):
+                buffer.append([LayerCells(c.a[k * m:(k + 1) * m], c.b[k * m:(k + 1) * m])
+                               for c in chunk])
+        return buffer.pop()
 
     net = _init_net(net_config, 1, seed, init)
     return fit(net, data, config, seed, cells_fn, groups=config.maps_per_batch)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.conftest import random_map
+from training.defects import CellDefect, DefectMap, DefectStatistics, failed_lines
+
+
+def test_codes_match_contract() -> None:
+    assert [int(c) for c in CellDefect] == [0, 1, 2, 3, 4]
+    assert CellDefect.SHORT == 1 and CellDefect.STUCK_AP == 4
+
+
+def test_defect_map_validation() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        DefectMap(np.zeros((2, 3, 4), np.int8))
+    with pytest.raises(ValueError, match=r"\(3, 4\).*\(2, 4\)|differs"):
+        DefectMap(np.zeros((2, 4), np.int8), np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match="codes outside"):
+        DefectMap(np.full((2, 2), 7, np.int8))
+    m = DefectMap(np.zeros((2, 4), np.int8))
+    with pytest.raises(ValueError, match=r"\(2, 4\).*\(100, 200\)"):
+        m.check_shape((100, 200))
+
+
+def test_failed_lines_detected() -> None:
+    m = random_map(failed_row=3, seed=1)
+    rows, cols = failed_lines(m.kinds)
+    assert rows == [(3, int(CellDefect.OPEN))] and cols == []
+
+
+def test_fit_rates_and_lines(small_maps: list[DefectMap]) -> None:
+    st = DefectStatistics.fit(small_maps)
+    assert st.n_maps == 6 and (st.rows, st.cols) == (20, 40)
+    assert st.failed_rows_per_die == pytest.approx(0.5)
+    assert st.failed_cols_per_die == 0
+    # rates exclude the failed rows: about 5 % spread over 4 kinds
+    assert 0.03 < sum(st.rate_mean) < 0.07
+    assert all(s >= 0 for s in st.rate_std)
+    assert 1020 < np.exp(st.short_log_r_mean) < 1300
+    with pytest.raises(ValueError, match="shape"):
+        DefectStatistics.fit([small_maps[0], DefectMap(np.zeros((5, 5), np.int8))])
+    with pytest.raises(ValueError, match="at least one"):
+        DefectStatistics.fit([])
+
+
+def test_sampler_reproduces_statistics(small_maps: list[DefectMap]) -> None:
+    st = DefectStatistics.fit(small_maps)
+    kinds, r = st.sample(400, seed=3)
+    assert kinds.shape == (400, 20, 40) and kinds.dtype == torch.int8
+    assert r.shape == kinds.shape
+    full_rows = (kinds == CellDefect.OPEN).all(dim=2).sum().item() / 400
+    assert 0.35 < full_rows < 0.65  # Poisson(0.5) failed rows per die
+    inner = kinds[~(kinds == CellDefect.OPEN).all(dim=2)[:, :, None].expand_as(kinds)]
+    rate = (inner > 0).float().mean().item()
+    assert rate == pytest.approx(sum(st.rate_mean), rel=0.15)
+    shorts = r[kinds == CellDefect.SHORT]
+    assert shorts.numel() > 0 and (shorts > 500).all() and (shorts < 3000).all()
+    assert (r[kinds == CellDefect.OK] == 0).all()
+
+
+def test_sampler_seeded(small_maps: list[DefectMap]) -> None:
+    st = DefectStatistics.fit(small_maps)
+    a, _ = st.sample(5, seed=1)
+    b, _ = st.sample(5, seed=1)
+    c, _ = st.sample(5, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    for mode in ("empirical", "lognormal"):
+        st2 = st.model_copy(update={"mode": mode})
+        k, _ = st2.sample(50, seed=0, scale=0.0)
+        assert (k[~(k == CellDefect.OPEN).all(dim=2)[:, :, None].expand_as(k)] == 0).all()
+
+
+def test_statistics_json_roundtrip(small_maps: list[DefectMap]) -> None:
+    st = DefectStatistics.fit(small_maps)
+    again = DefectStatistics.model_validate_json(st.model_dump_json())
+    assert again == st

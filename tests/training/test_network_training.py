@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.conftest import random_map
+from training.datasets import BinaryData
+from training.defects import CellDefect, DefectStatistics
+from training.evaluation import error_rates, evaluate_on_dies, software_error
+from training.mapping import ArrayLayout, cells_from_defect_maps, cells_from_kinds
+from training.network import BinaryNetwork, NetworkConfig, binarize, step
+from training.placement import place, place_all
+from training.sensitivity import loss_distribution
+from training.trainers import SATConfig, TrainConfig, train_baseline, train_hat, train_sat
+
+NC = NetworkConfig(sizes=(16, 6, 3))
+LAYOUT = ArrayLayout.default((16, 6, 3), rows=20, cols=40)
+
+
+def test_ste_gradients() -> None:
+    w = torch.tensor([-2.0, -0.5, 0.5, 2.0], requires_grad=True)
+    binarize(w).sum().backward()
+    assert w.grad.tolist() == [0.0, 0.5, 0.5, 0.0]
+    z = torch.tensor([-3.0, -0.5, 0.0, 0.5, 3.0], requires_grad=True)
+    h = step(z, 1.0)
+    assert h.tolist() == [0, 0, 0, 1, 1]
+    h.sum().backward()
+    assert z.grad.tolist() == [0.0, 0.5, 0.5, 0.5, 0.0]
+
+
+def test_ideal_forward_is_crossbar_physics() -> None:
+    net = BinaryNetwork(NC, seed=1)
+    x = (torch.rand(20, 16) > 0.5).float()
+    w1, w2 = (w[0] for w in net.binary_weights())
+    want = ((x @ w1) > 0).float() @ w2
+    torch.testing.assert_close(net(x)[0], want)
+    cells = LAYOUT.layer_cells(cells_from_kinds(np.zeros((20, 40), np.int8), LAYOUT.device))
+    torch.testing.assert_close(net(x, cells)[0], want, atol=1e-4, rtol=1e-4)
+
+
+def test_baseline_learns_and_is_seeded(toy_data: BinaryData) -> None:
+    cfg = TrainConfig(epochs=8, batch_size=32, lr=0.02)
+    a = train_baseline(toy_data, NC, cfg, seed=3)
+    b = train_baseline(toy_data, NC, cfg, seed=3)
+    assert all(torch.equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))
+    assert software_error(a.weights, toy_data.x_test, toy_data.y_test, NC) < 30  # chance: 67
+    with pytest.raises(ValueError, match="16 inputs"):
+        train_baseline(toy_data, NetworkConfig(sizes=(10, 4, 3)), cfg)
+
+
+def _shorted_output_maps(n: int) -> list:
+    maps = []
+    for s in range(n):
+        m = random_map(rows=20, cols=40, rate=0.01, seed=s)
+        m.kinds[:6, 12 + 2 * (s % 3)] = CellDefect.SHORT  # plus column of one class
+        maps.append(m)
+    return maps
+
+
+def test_hat_batched_recovers(toy_data: BinaryData) -> None:
+    base = train_baseline(toy_data, NC, TrainConfig(epochs=8, batch_size=32, lr=0.02), seed=0)
+    maps = _shorted_output_maps(3)
+    cells = cells_from_defect_maps(maps, LAYOUT.device)
+    xt, yt = toy_data.x_test, toy_data.y_test
+    unaware = evaluate_on_dies(base.weights, xt, yt, LAYOUT, cells, NC)
+    hat = train_hat(toy_data, LAYOUT, cells, NC, TrainConfig(epochs=8, batch_size=32, lr=0.02),
+                    seed=0, init=base.weights)
+    assert hat.weights[0].shape == (3, 16, 6)
+    per_die = error_rates(hat.weights, xt, yt, NC, LAYOUT.layer_cells(cells))
+    assert per_die.shape == (3,)
+    assert per_die.mean() < unaware.mean - 5
+
+
+def test_evaluation_sparse_equals_dense(toy_data: BinaryData) -> None:
+    base = train_baseline(toy_data, NC, TrainConfig(epochs=2, batch_size=32), seed=0)
+    cells = LAYOUT.layer_cells(cells_from_defect_maps(_shorted_output_maps(4), LAYOUT.device))
+    xt, yt = toy_data.x_test, toy_data.y_test
+    fast = error_rates(base.weights, xt, yt, NC, cells)
+    dense = error_rates(base.weights, xt, yt, NC, cells, sparse_max_density=0.0)
+    np.testing.assert_allclose(fast, dense)
+    e = evaluate_on_dies(base.weights, xt, yt, LAYOUT,
+                         cells_from_defect_maps(_shorted_output_maps(4), LAYOUT.device), NC, 1.0)
+    assert e.per_die.shape == (4,) and e.min <= e.median <= e.max
+    assert e.gap_pp == pytest.approx(e.mean - 1.0)
+
+
+def test_sat_and_sensitivity(toy_data: BinaryData) -> None:
+    stats = DefectStatistics.fit(_shorted_output_maps(6))
+    base = train_baseline(toy_data, NC, TrainConfig(epochs=6, batch_size=32, lr=0.02), seed=0)
+    cfg = SATConfig(epochs=6, batch_size=32, lr=0.02, maps_per_batch=4, prefetch_steps=4)
+    sat = train_sat(toy_data, LAYOUT, stats, NC, cfg, seed=0, init=base.weights)
+    again = train_sat(toy_data, LAYOUT, stats, NC, cfg, seed=0, init=base.weights)
+    assert all(torch.equal(u, v) for u, v in zip(sat.weights, again.weights, strict=True))
+    xt, yt = toy_data.x_test, toy_data.y_test
+    ld = loss_distribution(sat.weights, xt, yt, LAYOUT, stats, NC, n_maps=20, batch_maps=7)
+    assert ld.losses.shape == (20,) and ld.std >= 0 and ld.iqr >= 0
+    bad = stats.model_copy(update={"rows": 10})
+    with pytest.raises(ValueError, match="10 x 40"):
+        train_sat(toy_data, LAYOUT, bad, NC, cfg)
+
+
+def test_placement_avoids_shorted_output_column(toy_data: BinaryData) -> None:
+    base = train_baseline(toy_data, NC, TrainConfig(epochs=8, batch_size=32, lr=0.02), seed=0)
+    m = random_map(rows=20, cols=40, rate=0.0)
+    m.kinds[:, 12] = CellDefect.SHORT  # whole plus column of output 0 shorted
+    cells = cells_from_defect_maps([m], LAYOUT.device)
+    xt, yt = toy_data.x_test, toy_data.y_test
+    lo = place(base.weights, cells, LAYOUT, toy_data.x_train, toy_data.y_train, NC)
+    assert 12 not in lo.layers[1].cols and 12 not in lo.layers[1].cols
+    assert lo.layers[0].n_out == 6 and lo.layers[1].n_in == 6
+    placed = evaluate_on_dies(base.weights, xt, yt, [lo], cells, NC)
+    unaware = evaluate_on_dies(base.weights, xt, yt, LAYOUT, cells, NC)
+    assert placed.mean < unaware.mean
+    assert placed.mean <= software_error(base.weights, xt, yt, NC) + 2
+    assert len(place_all(base.weights, cells, LAYOUT, xt, yt, NC)) == 1
+    # the placed layout still programs and runs as a layout
+    states = lo.target_states([w[0] for w in base.weights])
+    assert (states[:, 12] == 2).all()
