@@ -72,11 +72,11 @@ class CommunicationError(DriverError):
         return (type(self), (self.instrument, self.command, self.detail))
 
 
-class InstrumentTimeout(CommunicationError):  # noqa: N818 (name fixed by the design)
+class InstrumentTimeout(CommunicationError):
     """No (complete) reply arrived within the resource timeout."""
 
 
-class ConnectionLost(CommunicationError):  # noqa: N818 (name fixed by the design)
+class ConnectionLost(CommunicationError):
     """The session or the connection to the instrument is gone."""
 
 

@@ -209,11 +209,11 @@ class Station:
                 try:
                     action()
                     break
-                except Exception as err:  # noqa: BLE001 - safety first, report and go on
+                except Exception as err:
                     log.warning("safe state: %s; reconnecting", err)
                     try:
                         self._connect()
-                    except Exception as err2:  # noqa: BLE001
+                    except Exception as err2:
                         log.error("safe state: reconnect failed: %s", err2)
 
     def close(self) -> None:
@@ -221,7 +221,7 @@ class Station:
         for drv in (self.prober, self.tester):
             try:
                 drv.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     def __enter__(self) -> Station:

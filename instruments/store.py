@@ -66,6 +66,10 @@ class StoreError(RuntimeError):
     """A store that cannot be used: locked, corrupted, from a newer version, disk full."""
 
 
+class StoreMissing(StoreError, FileNotFoundError):
+    """The named store file does not exist (a bad argument, not a failed run)."""
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -108,7 +112,7 @@ class RunStore:
     def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         if not create and not self.path.exists():
-            raise StoreError(f"{self.path}: no such store")
+            raise StoreMissing(f"{self.path}: no such store")
         try:
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")

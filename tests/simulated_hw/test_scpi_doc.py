@@ -185,8 +185,6 @@ def test_documented_setting_ranges_and_defaults_match_the_yaml() -> None:
             assert float(cells[3]) == default, header
 
 
-@pytest.mark.xfail(strict=True, reason="DOC BUG: docs/scpi.md shows StepFirstDie -> '0: 2 0 0 1'; "
-                   "the first die of the default map is (0, 0): '0: 0 0 0 1'")
 def test_doc_example_session_replies() -> None:
     """The quick-start snippet at the top of docs/scpi.md shows real replies."""
     text = DOC.read_text()

@@ -250,7 +250,7 @@ def test_output_off_gives_221_and_changes_nothing(contact, wafer) -> None:  # ty
 
 
 @pytest.mark.parametrize("command", ["FOO", "FOO?", "MEAS:ARRAY?", "SOUR:READ:VOLTAGE 0.1",
-                                     "SYST:ERR? 1", "SOUR:READ:VOLT? 3", "meas:arr?", ""])
+                                     "SYST:ERR? 1", "SOUR:READ:VOLT? 3", "MEAS:ARR", "*IDN", ""])
 def test_unknown_command_is_113(contact, command: str) -> None:  # type: ignore[no-untyped-def]
     if "?" in command:
         assert contact.query(command) == ""
@@ -298,11 +298,26 @@ def test_missing_cell_arguments_are_109(contact, command: str) -> None:  # type:
     assert drain_errors(contact) == [-109]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a setting without its value gives -113 (undefined "
-                   "header), docs/scpi.md says -109 (missing parameter)")
-def test_setting_without_value_is_109(tester) -> None:  # type: ignore[no-untyped-def]
-    tester.write("SOUR:READ:VOLT")
+@pytest.mark.parametrize("setting", ["SOUR:READ:VOLT", "SOUR:PULS:AMPL", "OUTP"])
+def test_setting_without_value_is_109(tester, setting: str) -> None:  # type: ignore[no-untyped-def]
+    tester.write(setting)
     assert drain_errors(tester) == [-109]
+    assert tester.query("OUTP?") == "0"
+
+
+@pytest.mark.parametrize("query", ["ARR:SIZE? 1", "CONT? x", "MEAS:ARR? 0,0"])
+def test_argument_after_a_bare_query_is_108(contact, query: str) -> None:  # type: ignore[no-untyped-def]
+    assert contact.query(query) == ""
+    assert drain_errors(contact) == [-108]
+
+
+def test_headers_are_case_insensitive(contact, wafer) -> None:  # type: ignore[no-untyped-def]
+    assert contact.query("arr:size?") == "100,200"
+    contact.write("sour:read:volt 0.2")
+    assert contact.query("Sour:Read:Volt?") == "0.2"
+    r = contact.query_binary_values("meas:arr?", datatype="f", container=np.array)
+    assert r.size == N_CELLS
+    assert contact.query("syst:err?") == NO_ERROR
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: NaN passes pyvisa-sim's min/max checks, so "
@@ -395,6 +410,7 @@ def test_cls_clears_queue_and_esr(tester) -> None:  # type: ignore[no-untyped-de
 @pytest.mark.parametrize(
     ("command", "bit"),
     [("FOO", 32), ("SOUR:READ:VOLT abc", 32), ("MEAS:CELL?", 32), ("PROG:ARR #15abc", 32),
+     ("CONT? 1", 32),
      ("SOUR:READ:VOLT 9", 16), ("MEAS:ARR?", 16), ("MEAS:CELL? 0,999", 16)],
 )
 def test_esr_bits(tester, command: str, bit: int) -> None:  # type: ignore[no-untyped-def]

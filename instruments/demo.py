@@ -1,0 +1,120 @@
+"""`mtjlab demo`: the closed loop on the simulated wafer.
+
+Sweep every die to measure its defect map, fit defect statistics from the measurements, train
+baseline, HAT (every die, one batched model) and SAT, place the SAT weights per die, program
+every die with every solution, run inference on the chip, and report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from training.experiment import ExperimentConfig, train_all
+
+from training.datasets import load_default
+from training.sensitivity import loss_distribution
+
+from .config import StationConfig
+from .loop import DieInference, load_measurements, program_and_infer, summarize
+from .report import METHODS, table, write_report
+from .station import Station
+from .store import RunStore, die_key
+from .sweep import start_run, sweep
+
+
+def demo_station(seed: int, dies: int | None = None) -> StationConfig:
+    """The simulated station of the demo (all 36 dies, or the first `dies`)."""
+    plan: dict[str, Any] = {"dies": "all"}
+    if dies is not None:
+        plan = {"dies": [[i % 6, i // 6] for i in range(dies)]}
+    return StationConfig.model_validate(
+        {"name": "demo", "instruments": {"simulated": {"seed": seed}}, "wafer": plan})
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool = False,
+             small: bool = False) -> dict[str, Any]:
+    """Run the closed loop; writes out/summary.json, out/report.md, plots and the run store."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    store_path = out / "run.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(store_path) + suffix).unlink(missing_ok=True)
+    config = demo_station(seed, dies=6 if small else None)
+    exp_config = ExperimentConfig.small() if small else ExperimentConfig()
+    data = load_default(data_dir, seed=seed)
+    timing: dict[str, float] = {}
+
+    with RunStore(store_path) as store, Station(config) as station:
+        run_id = start_run(store, station, config, "demo", {"training": seed})
+        with tqdm(total=None, desc="sweep", unit="die", disable=quiet, file=sys.stderr,
+                  leave=False) as bar:
+            sweep(station, store, run_id, progress=lambda d, m: bar.update(1))
+        timing["sweep"] = time.perf_counter() - t0
+        measured = load_measurements(store, run_id)
+        device = measured.device_model(config.measurement.read_voltage_v)
+        _say(quiet, f"measured {len(measured.dies)} dies; training baseline, HAT, SAT ...")
+
+        t1 = time.perf_counter()
+        sol = train_all(data, measured.maps, device, exp_config, seed,
+                        progress=None if quiet else lambda msg: _say(False, msg))
+        timing["training"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        x, y = data.x_test.numpy(), data.y_test.numpy()
+        results: dict[str, dict[str, DieInference]] = {m: {} for m in METHODS}
+        jobs = [(m, i, d) for m in METHODS for i, d in enumerate(measured.dies)]
+        for method, i, die in tqdm(jobs, desc="program+infer", disable=quiet, file=sys.stderr,
+                                   leave=False):
+            weights, layout = sol.programs(method, i)
+            known = measured.maps[i].kinds != 0
+            results[method][die_key(die)] = program_and_infer(station, die, weights, layout,
+                                                              x, y, known)
+        timing["program_and_infer"] = time.perf_counter() - t2
+        for method, per_die in results.items():
+            for die, r in per_die.items():
+                store.put(run_id, die, arrays={f"predictions/{method}": r.predictions},
+                          records={f"inference/{method}": {
+                              "error_pct": r.error_pct, "agreement_pct": r.agreement_pct,
+                              "emulated_error_pct": r.emulated_error_pct,
+                              "fidelity": r.fidelity}})
+
+        losses = {
+            name: loss_distribution(w, data.x_test, data.y_test, sol.layout, sol.stats,
+                                    sol.net_config, n_maps=50 if small else 200,
+                                    seed=seed).losses
+            for name, w in (("baseline", sol.baseline.weights), ("SAT", sol.sat.weights))
+        }
+        timing["total"] = time.perf_counter() - t0
+        summary: dict[str, Any] = {
+            "seed": seed,
+            "data": data_dir or "embedded (scikit-learn digits)",
+            "dies": len(measured.dies),
+            "baseline_error_pct": sol.baseline_error_pct,
+            "methods": {m: summarize({d: r.error_pct for d, r in results[m].items()},
+                                     sol.baseline_error_pct) for m in METHODS},
+            "agreement_pct": {m: min(r.agreement_pct for r in results[m].values())
+                              for m in METHODS},
+            "write_fidelity_min": {m: min(r.fidelity for r in results[m].values())
+                                   for m in METHODS},
+            "loss_std": {k: float(v.std()) for k, v in losses.items()},
+            "timing_s": timing,
+        }
+        store.put(run_id, "-", records={"summary": summary})
+        store.set_status(run_id, "finished")
+    grid = (config.instruments.simulated.wafer.grid_cols,  # type: ignore[union-attr]
+            config.instruments.simulated.wafer.grid_rows)  # type: ignore[union-attr]
+    write_report(out, summary, measured.defect_rates(), grid, losses)
+    if not quiet:
+        print(table(summary))
+        print(f"\nreport: {out / 'report.md'}  (total {timing['total']:.0f} s)")
+    return summary

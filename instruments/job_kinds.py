@@ -1,0 +1,438 @@
+"""Job kinds: the pydantic request of each job, its station checks and the code that runs it.
+
+Arrays travel as base64 of .npy bytes inside JSON (parsed header first, no pickles, bounded
+size); results leave as .npz. Every request is checked against the station (wafer map, array
+shape, safety limits) before it is queued, so a bad job is refused with a message, not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
+
+from drivers.prober import DieIndex
+
+from .config import StationConfig
+
+log = logging.getLogger(__name__)
+
+MAX_ARRAY_BYTES = 4 * 1024 * 1024
+MAX_INFER_BATCH = 10_000
+INFER_CHUNK = 1024
+
+
+class RejectedJobError(ValueError):
+    """A request that is well formed but not acceptable for this station (HTTP 422)."""
+
+
+class StopRequestedError(RuntimeError):
+    """A job stopped at a safe point on request (cancel or shutdown)."""
+
+
+# ---- arrays in JSON: base64 of .npy bytes ------------------------------------------------------
+def encode_array(array: np.ndarray) -> str:
+    """Base64 text of an array's .npy bytes (dtype and shape included)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_npy(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """Parse .npy bytes safely: header checked before any allocation, no pickles."""
+    fmt = np.lib.format
+    buf = io.BytesIO(data)
+    try:
+        version = fmt.read_magic(buf)
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = header(buf)
+    except Exception as err:  # any parse failure is the sender's fault
+        raise ValueError(f"not a valid .npy array: {err}") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"array dtype {dtype} not allowed (use integer, bool or float)")
+    count = math.prod(shape)
+    payload = data[buf.tell():]
+    if count * dtype.itemsize > max_bytes:
+        raise ValueError(f"array of {count * dtype.itemsize} bytes exceeds {max_bytes}")
+    if len(payload) != count * dtype.itemsize:
+        raise ValueError(f".npy header announces {count} values of {dtype}, the data holds "
+                         f"{len(payload)} bytes")
+    array = np.frombuffer(payload, dtype=dtype, count=count)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def to_array(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected base64 text of .npy bytes")
+    if len(value) > MAX_ARRAY_BYTES * 4 // 3 + 1024:
+        raise ValueError(f"array text longer than the limit ({MAX_ARRAY_BYTES} bytes of data)")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    return decode_npy(raw)
+
+
+NpyArray = Annotated[
+    np.ndarray,
+    BeforeValidator(to_array),
+    PlainSerializer(encode_array, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64",
+                    "contentMediaType": "application/x-npy",
+                    "description": "base64 of numpy .npy bytes (np.save, allow_pickle=False)"}),
+]
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+# ---- job requests ------------------------------------------------------------------------------
+SmallInt = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+Die = tuple[SmallInt, SmallInt]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class _Job(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class SweepJob(_Job):
+    """Measure the defect map of every planned die (the station file's wafer plan)."""
+
+    kind: Literal["sweep"] = "sweep"
+    resume_run: Annotated[int, Field(ge=1, le=2**31)] | None = Field(
+        None, description="continue this unfinished sweep run of the store")
+
+
+class MeasureJob(_Job):
+    """Measure one die's defect map."""
+
+    kind: Literal["measure"] = "measure"
+    die: Die
+
+
+class WriteOverrides(_Job):
+    """Write settings for one job; checked against the station's safety limits."""
+
+    pulse_v: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="starting pulse amplitude")
+    pulse_width_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_write_pulses: int | None = Field(None, ge=1, le=50)
+
+
+class ProgramJob(WriteOverrides):
+    """Program device states (0 P, 1 AP, 2 leave) into one die with write-verify."""
+
+    kind: Literal["program"] = "program"
+    die: Die
+    targets: NpyArray = Field(description="uint8 (rows, cols) of 0/1/2, as base64 .npy")
+
+
+class InferJob(_Job):
+    """Run binary inputs through the network programmed on a die."""
+
+    kind: Literal["infer"] = "infer"
+    die: Die
+    inputs: NpyArray = Field(description="(n, n_in) of 0/1, as base64 .npy")
+    sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
+        (100, 90, 10), min_length=2, max_length=8, description="network layer sizes")
+
+
+class TrainJob(_Job):
+    """Train on the store's measured maps (instruments.loop.train_from_store)."""
+
+    kind: Literal["train"] = "train"
+    method: Literal["baseline", "hat", "sat"]
+    seed: Seed = 0
+    data_dir: str | None = Field(None, max_length=4096)
+
+
+class EvaluateJob(_Job):
+    """Evaluate the store's trained weights (instruments.loop.evaluate_from_store)."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    seed: Seed = 0
+    data_dir: str | None = Field(None, max_length=4096)
+
+
+JobRequest = Annotated[SweepJob | MeasureJob | ProgramJob | InferJob | TrainJob | EvaluateJob,
+                       Field(discriminator="kind")]
+REQUEST = TypeAdapter(JobRequest)
+ARRAY_FIELDS = ("targets", "inputs")
+
+
+@dataclass(frozen=True)
+class StationInfo:
+    """What request validation needs to know of the station (read once by the worker)."""
+
+    config: StationConfig
+    wafer_map: tuple[DieIndex, ...]
+    shape: tuple[int, int]
+    identities: dict[str, str]
+
+
+def _write_config(config: StationConfig, job: WriteOverrides) -> StationConfig:
+    """The station config with a job's write overrides, re-validated against safety limits."""
+    overrides = {k: v for k, v in job.model_dump(include=set(WriteOverrides.model_fields))
+                 .items() if v is not None}
+    if not overrides:
+        return config
+    data = config.model_dump()
+    data["measurement"].update(overrides)
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as err:
+        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise RejectedJobError(msgs) from None
+
+
+def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
+    """Station-dependent checks before queueing; raise RejectedJobError with a clear message."""
+    die = getattr(job, "die", None)
+    if die is not None and DieIndex(*die) not in info.wafer_map:
+        raise RejectedJobError(f"die {die[0]},{die[1]} is not on the wafer map "
+                          f"({len(info.wafer_map)} dies)")
+    if isinstance(job, WriteOverrides):
+        _write_config(info.config, job)
+    if isinstance(job, ProgramJob):
+        t = job.targets
+        if t.shape != info.shape:
+            raise RejectedJobError(f"targets must have the array's shape {info.shape}, "
+                                   f"got {t.shape}")
+        if t.dtype.kind not in "biu" or not np.isin(t, (0, 1, 2)).all():
+            raise RejectedJobError("targets must be integers 0 (P), 1 (AP) or 2 (leave)")
+    if isinstance(job, InferJob):
+        _check_inputs(job, info)
+    if isinstance(job, SweepJob) and job.resume_run is not None:
+        _check_resumable(store_path, job.resume_run)
+    if getattr(job, "data_dir", None) and not Path(job.data_dir).is_dir():  # type: ignore[arg-type]
+        raise RejectedJobError(f"data_dir {job.data_dir!r} is not a folder on the server")
+
+
+def _check_inputs(job: InferJob, info: StationInfo) -> None:
+    from training.mapping import ArrayLayout
+
+    x = job.inputs
+    try:
+        layout = ArrayLayout.default(job.sizes, rows=info.shape[0], cols=info.shape[1])
+    except ValueError as err:
+        raise RejectedJobError(str(err)) from None
+    if x.ndim != 2 or x.shape[1] != layout.sizes[0] or not 1 <= x.shape[0] <= MAX_INFER_BATCH:
+        raise RejectedJobError(f"inputs must have shape (n, {layout.sizes[0]}) with 1 <= n <= "
+                          f"{MAX_INFER_BATCH}, got {x.shape}")
+    if x.dtype.kind not in "biuf" or not np.isin(x, (0, 1)).all():
+        raise RejectedJobError("inputs must be binary (0 or 1)")
+
+
+def _check_resumable(store_path: Path, run_id: int) -> None:
+    from .store import RunStore, StoreError
+    from .sweep import SWEEP_KIND
+
+    try:
+        with RunStore(store_path, create=False) as store:
+            row = store.run_row(run_id)
+    except StoreError as err:
+        raise RejectedJobError(str(err)) from None
+    if row["kind"] != SWEEP_KIND or row["status"] == "finished":
+        raise RejectedJobError(f"run {run_id} is a {row['status']} {row['kind']} run, not an "
+                          "unfinished sweep")
+
+
+# ---- running jobs ------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """What a job produced: small JSON facts and arrays (served as .npz)."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class JobContext:
+    """Everything a job runner may use; only ever built inside the worker thread."""
+
+    station: Any  # instruments.station.Station (or a test wrapper of one)
+    store_path: Path
+    stop: Any  # instruments.sweep.StopFlag
+    progress: Callable[[int, int | None, str], None]
+    note: Callable[..., None]
+
+    def check_stop(self) -> None:
+        if self.stop.requested:
+            raise StopRequestedError("stopped before touching the instruments")
+
+
+@contextmanager
+def _overridden(station: Any, job: WriteOverrides) -> Iterator[None]:
+    """The station's write settings overridden for one job (safety re-checked), then restored."""
+    original = station.config
+    station.config = _write_config(original, job)
+    try:
+        yield
+    finally:
+        station.config = original
+
+
+@contextmanager
+def _at_die(ctx: JobContext, die: Die, what: str) -> Iterator[DieIndex]:
+    """Contact one die for a job, with progress 0/1 -> 1/1 (stop honoured before contact)."""
+    ctx.check_stop()
+    ctx.progress(0, 1, f"{what} die {die[0]},{die[1]}")
+    index = DieIndex(*die)
+    with ctx.station.at_die(index):
+        yield index
+    ctx.progress(1, 1, f"{what} die {die[0]},{die[1]}: done")
+
+
+def run_measure(ctx: JobContext, job: MeasureJob) -> Outcome:
+    from .defect_map import measure_defect_map
+    from .sweep import die_arrays
+
+    with _at_die(ctx, job.die, "measuring"):
+        m = measure_defect_map(ctx.station)
+    return Outcome({"die": list(job.die), "counts": m.counts(), "remeasured": m.remeasured,
+                    "pulses": m.pulses}, die_arrays(m))
+
+
+def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
+    from .programming import SKIP, program_verified
+
+    with _overridden(ctx.station, job), _at_die(ctx, job.die, "programming"):
+        r = program_verified(ctx.station, job.targets.astype(np.uint8))
+    addressed = job.targets != SKIP
+    return Outcome({"die": list(job.die), "pulses": r.pulses, "final_pulse_v": r.final_pulse_v,
+                    "fidelity": r.fidelity(addressed)},
+                   {"readback_ohm": r.readback_ohm, "verified": r.verified})
+
+
+def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
+    from training.mapping import ArrayLayout
+
+    st = ctx.station
+    layout = ArrayLayout.default(job.sizes, rows=st.tester.shape[0], cols=st.tester.shape[1])
+    currents: list[np.ndarray] = []
+
+    def column_currents(rows: np.ndarray) -> np.ndarray:
+        parts = [st.retry("infer", lambda c=rows[i:i + INFER_CHUNK]: st.tester.infer(c))
+                 for i in range(0, len(rows), INFER_CHUNK)]
+        currents.append(np.concatenate(parts).astype(np.float32))
+        return currents[-1]
+
+    with _at_die(ctx, job.die, "inferring on"):
+        predictions = layout.infer(job.inputs.astype(np.uint8), column_currents)
+    arrays = {"predictions": predictions.astype(np.int64)}
+    arrays.update({f"currents_{i}": c for i, c in enumerate(currents)})
+    return Outcome({"die": list(job.die), "n": len(predictions)}, arrays)
+
+
+def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
+    from .store import RunStore, parse_die_key
+    from .sweep import SWEEP_KIND, SweepInterrupted, planned_dies, start_run, sweep
+
+    st = ctx.station
+    with RunStore(ctx.store_path) as store:
+        run_id = job.resume_run or start_run(store, st, st.config, SWEEP_KIND)
+        ctx.note(run_id=run_id)
+        if job.resume_run:
+            store.set_status(run_id, "running")
+        total = len(planned_dies(st))
+        done = [0]
+
+        def progress(die: DieIndex, _m: object) -> None:
+            done[0] += 1
+            ctx.progress(done[0], total, f"die {die.col},{die.row}")
+
+        ctx.progress(0, total, "starting")
+        try:
+            measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress)
+        except SweepInterrupted as err:
+            store.set_status(run_id, "interrupted", str(err))
+            raise StopRequestedError(f"{err} (run {run_id})") from err
+        except BaseException as err:
+            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
+            raise
+        store.set_status(run_id, "finished")
+        keys = store.dies_done(run_id)
+        kinds = np.stack([store.array(run_id, k, "kinds") for k in keys])
+    return Outcome({"run_id": run_id, "dies": len(keys), "measured_now": len(measured)},
+                   {"dies": np.array([parse_die_key(k) for k in keys], dtype=np.int32),
+                    "kinds": kinds})
+
+
+def _plain(value: Any, arrays: dict[str, np.ndarray], name: str) -> Any:
+    """JSON-able form of a loop function's result; arrays and tensors go to `arrays`."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        arrays[name] = value
+        return {"array": name, "shape": list(value.shape)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _plain(v, arrays, f"{name}.{k}" if name else str(k))
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, arrays, f"{name}.{i}") for i, v in enumerate(value)]
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain(vars(value), arrays, name)
+    if isinstance(value, BaseModel):
+        return _plain(value.model_dump(), arrays, name)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _run_loop(fn_name: str, ctx: JobContext, **kwargs: Any) -> Outcome:
+    try:
+        from . import loop
+    except ImportError as err:
+        raise RuntimeError(f"instruments.loop is not available ({err}); train and evaluate "
+                           "jobs need it") from err
+    ctx.check_stop()
+    ctx.progress(0, None, f"{fn_name} running")
+    result = getattr(loop, fn_name)(str(ctx.store_path), **kwargs, quiet=True)
+    arrays: dict[str, np.ndarray] = {}
+    summary = _plain(result, arrays, "")
+    ctx.progress(1, 1, f"{fn_name} done")
+    return Outcome({"result": summary}, arrays)
+
+
+def run_train(ctx: JobContext, job: TrainJob) -> Outcome:
+    return _run_loop("train_from_store", ctx, method=job.method, seed=job.seed,
+                     data_dir=job.data_dir)
+
+
+def run_evaluate(ctx: JobContext, job: EvaluateJob) -> Outcome:
+    return _run_loop("evaluate_from_store", ctx, seed=job.seed, data_dir=job.data_dir)
+
+
+RUNNERS: dict[str, Callable[[JobContext, Any], Outcome]] = {
+    "sweep": run_sweep_job, "measure": run_measure, "program": run_program,
+    "infer": run_infer, "train": run_train, "evaluate": run_evaluate,
+}
+
+

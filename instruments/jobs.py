@@ -1,0 +1,375 @@
+"""The persistent job queue (SQLite, WAL) and the one worker thread that owns the Station.
+
+The worker is the only code that touches the instruments: it opens the Station, runs queued
+jobs strictly in submission order and closes the Station on shutdown. HTTP threads only read
+and write the queue. Jobs survive a restart; a job that was running when the process died is
+marked `interrupted` and can be resumed (a sweep continues its run from the journal).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import StationConfig
+from .job_kinds import (
+    ARRAY_FIELDS,
+    REQUEST,
+    RUNNERS,
+    JobContext,
+    StationInfo,
+    StopRequestedError,
+    npz_bytes,
+    to_array,
+)
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+
+# ---- the persistent queue ----------------------------------------------------------------------
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    submitted REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER,
+    message TEXT NOT NULL DEFAULT '',
+    summary TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    resumed_from INTEGER,
+    version INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE TABLE IF NOT EXISTS results (job_id INTEGER PRIMARY KEY, npz BLOB NOT NULL);
+"""
+_COLUMNS = ("id", "kind", "params", "state", "submitted", "started", "finished", "attempts",
+            "done", "total", "message", "summary", "error", "cancel_requested", "resumed_from",
+            "version")
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat(
+        timespec="microseconds")
+
+
+def _describe_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Params for display: arrays replaced by their dtype and shape."""
+    out = dict(params)
+    for name in ARRAY_FIELDS:
+        if isinstance(out.get(name), str):
+            a = to_array(out[name])
+            out[name] = {"dtype": str(a.dtype), "shape": list(a.shape)}
+    return out
+
+
+class QueueFullError(RuntimeError):
+    """Too many queued jobs (HTTP 503)."""
+
+
+class JobStore:
+    """Jobs and their results in one SQLite file (WAL); safe to share between threads."""
+
+    def __init__(self, path: str | Path, *, max_queued: int = 1000) -> None:
+        self.path = Path(path)
+        self.max_queued = max_queued
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=10)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
+                       "error='the service stopped while the job was running' "
+                       "WHERE state='running'", (time.time(),))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    def _row(self, db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
+        row = db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?",
+                         (job_id,)).fetchone()
+        return None if row is None else dict(zip(_COLUMNS, row, strict=True))
+
+    def _changed(self, db: sqlite3.Connection, job_id: int) -> dict[str, Any]:
+        row = self._row(db, job_id)
+        assert row is not None
+        return row
+
+    def _publish(self, row: dict[str, Any]) -> None:
+        view = self.view(row)
+        for listener in list(self.listeners):
+            try:
+                listener(view)
+            except Exception:  # a broken listener must not break the queue
+                log.exception("job listener failed")
+
+    def _update(self, job_id: int, sql: str, args: tuple[Any, ...], where: str = "") -> bool:
+        """Apply `UPDATE jobs SET <sql>` to one job, bump its version, publish it."""
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE jobs SET {sql}, version=version+1 WHERE id=? {where}",
+                             (*args, job_id))
+            row = self._changed(db, job_id) if cur.rowcount else None
+        if row is not None:
+            self._publish(row)
+        return row is not None
+
+    # ---- views -----------------------------------------------------------------------------
+    @staticmethod
+    def view(row: dict[str, Any]) -> dict[str, Any]:
+        """The public JSON form of a job row."""
+        started, finished = row["started"], row["finished"]
+        return {
+            "id": row["id"], "kind": row["kind"], "state": row["state"],
+            "params": _describe_params(json.loads(row["params"])),
+            "submitted_at": _iso(row["submitted"]), "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "run_s": None if started is None or finished is None else finished - started,
+            "attempts": row["attempts"],
+            "progress": {"done": row["done"], "total": row["total"], "message": row["message"]},
+            "summary": json.loads(row["summary"]), "error": row["error"],
+            "cancel_requested": bool(row["cancel_requested"]),
+            "resumed_from": row["resumed_from"], "version": row["version"],
+        }
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._row(self.db, job_id)
+        return None if row is None else self.view(row)
+
+    def params(self, job_id: int) -> dict[str, Any]:
+        with self._lock:
+            row = self._row(self.db, job_id)
+        if row is None:
+            raise KeyError(job_id)
+        return {"kind": row["kind"], **json.loads(row["params"])}
+
+    def list(self, state: str | None = None, kind: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` jobs (optionally of one state or kind), oldest first."""
+        sql, args = f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE 1=1", []
+        for col, value in (("state", state), ("kind", kind)):
+            if value is not None:
+                sql += f" AND {col}=?"
+                args.append(value)
+        with self._lock:
+            rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [self.view(dict(zip(_COLUMNS, r, strict=True))) for r in reversed(rows)]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return dict(rows)
+
+    def result(self, job_id: int) -> bytes | None:
+        with self._lock:
+            row = self.db.execute("SELECT npz FROM results WHERE job_id=?", (job_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    # ---- transitions -----------------------------------------------------------------------
+    def submit(self, kind: str, params: dict[str, Any], resumed_from: int | None = None
+               ) -> dict[str, Any]:
+        with self._tx() as db:
+            queued = db.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
+            if queued >= self.max_queued:
+                raise QueueFullError(f"{queued} jobs are queued (limit {self.max_queued}); "
+                                "try again later")
+            cur = db.execute("INSERT INTO jobs (kind, params, state, submitted, resumed_from) "
+                             "VALUES (?, ?, 'queued', ?, ?)",
+                             (kind, json.dumps(params), time.time(), resumed_from))
+            row = self._changed(db, int(cur.lastrowid))  # type: ignore[arg-type]
+        self._publish(row)
+        return self.view(row)
+
+    def claim_next(self) -> dict[str, Any] | None:
+        """Mark the oldest queued job running and return its params (None if none)."""
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1"
+                             ).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state='running', started=?, attempts=attempts+1, "
+                       "version=version+1 WHERE id=?", (time.time(), row[0]))
+            job = self._changed(db, row[0])
+        self._publish(job)
+        return job
+
+    def progress(self, job_id: int, done: int, total: int | None, message: str = "") -> None:
+        self._update(job_id, "done=?, total=?, message=?", (done, total, message))
+
+    def note(self, job_id: int, **summary: Any) -> None:
+        """Merge keys into a job's summary (e.g. the run a sweep writes to)."""
+        with self._lock:
+            row = self._row(self.db, job_id)
+        merged = {**json.loads(row["summary"]), **summary} if row else summary
+        self._update(job_id, "summary=?", (json.dumps(merged),))
+
+    def finish(self, job_id: int, state: str, *, summary: dict[str, Any] | None = None,
+               npz: bytes | None = None, error: str | None = None) -> None:
+        with self._lock:
+            row = self._row(self.db, job_id)
+        merged = {**json.loads(row["summary"]), **(summary or {})} if row else {}
+        with self._tx() as db:
+            if npz is not None:
+                db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (job_id, npz))
+            db.execute("UPDATE jobs SET state=?, finished=?, summary=?, error=?, "
+                       "version=version+1 WHERE id=?",
+                       (state, time.time(), json.dumps(merged), error, job_id))
+            changed = self._changed(db, job_id)
+        self._publish(changed)
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job now, or flag a running one; returns the resulting state."""
+        if self._update(job_id, "state='cancelled', finished=?, cancel_requested=1",
+                        (time.time(),), "AND state='queued'"):
+            return "cancelled"
+        if self._update(job_id, "cancel_requested=1", (), "AND state='running'"):
+            return "running"
+        job = self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return str(job["state"])
+
+
+class Worker:
+    """The single thread that owns the Station and runs queued jobs in submission order."""
+
+    def __init__(self, config: StationConfig, jobs: JobStore, store_path: Path, *,
+                 station_factory: Callable[[StationConfig], Any] | None = None,
+                 paused: bool = False) -> None:
+        from .station import Station
+
+        self.config = config
+        self.jobs = jobs
+        self.store_path = Path(store_path)
+        self.station_factory = station_factory or Station
+        self.info: StationInfo | None = None
+        self.snapshot: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self.current: tuple[int, Any] | None = None  # (job id, StopFlag)
+        self._paused = paused
+        self._stopping = False
+        self._wake = threading.Condition()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="mtjlab-worker", daemon=True)
+
+    # ---- control (any thread) ----------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> StationInfo:
+        """Start the thread, wait until the Station is open; raise what opening raised."""
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the station did not open within {timeout_s:g} s")
+        if self.error is not None:
+            raise self.error
+        assert self.info is not None
+        return self.info
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def set_paused(self, paused: bool) -> None:
+        self._paused = paused
+        self.wake()
+
+    def request_stop(self, job_id: int) -> bool:
+        """Ask the running job to stop at its next safe point."""
+        current = self.current
+        if current is not None and current[0] == job_id:
+            current[1].request()
+            return True
+        return False
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the current job reaches a safe point; close the Station."""
+        self._stopping = True
+        current = self.current
+        if current is not None:
+            current[1].request()
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    # ---- the thread ------------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            station = self.station_factory(self.config)
+            self.info = StationInfo(self.config, tuple(station.wafer_map()),
+                                    tuple(station.tester.shape), dict(station.identities))
+            self.snapshot = station.snapshot()
+        except BaseException as err:  # reported to start()
+            self.error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (job := self._next()) is not None:
+                self._execute(station, job)
+        finally:
+            station.close()
+
+    def _next(self) -> dict[str, Any] | None:
+        with self._wake:
+            while not self._stopping:
+                if not self._paused and (job := self.jobs.claim_next()) is not None:
+                    return job
+                self._wake.wait(1.0)
+        return None
+
+    def _execute(self, station: Any, row: dict[str, Any]) -> None:
+        from .sweep import StopFlag
+
+        job_id = row["id"]
+        stop = StopFlag()
+        self.current = (job_id, stop)
+        if (self.jobs.get(job_id) or {}).get("cancel_requested"):
+            stop.request()  # cancelled between claim and now
+        ctx = JobContext(station, self.store_path, stop,
+                         lambda d, t, m="": self.jobs.progress(job_id, d, t, m),
+                         lambda **kw: self.jobs.note(job_id, **kw))
+        try:
+            job = REQUEST.validate_python({"kind": row["kind"], **json.loads(row["params"])})
+            outcome = RUNNERS[job.kind](ctx, job)
+        except StopRequestedError as err:
+            state = "interrupted" if self._stopping else "cancelled"
+            self.jobs.finish(job_id, state, error=str(err))
+        except Exception as err:
+            log.exception("job %d failed", job_id)
+            station.safe_state()
+            self.jobs.finish(job_id, "failed", error=f"{type(err).__name__}: {err}")
+        else:
+            self.jobs.finish(job_id, "succeeded", summary=outcome.summary,
+                             npz=npz_bytes(outcome.arrays))
+        finally:
+            self.current = None
+

@@ -1,0 +1,116 @@
+"""The measurement loop between station and trainer.
+
+Measurements become plain arrays training consumes (defect maps, device conductances);
+training's weights become device states the station programs; on-chip inference is
+cross-checked against an emulation from the die's own read-back resistances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drivers.prober import DieIndex
+from training.defects import CellDefect, DefectMap
+from training.mapping import ArrayLayout, DeviceModel
+
+from .programming import SKIP, program_verified
+from .station import Station
+from .store import RunStore, StoreError, parse_die_key
+from .sweep import SWEEP_KIND
+
+
+@dataclass
+class MeasuredWafer:
+    """Every measured die of a sweep run, in journal order."""
+
+    run_id: int
+    dies: list[DieIndex]
+    maps: list[DefectMap]
+    r_p_ohm: np.ndarray  # (D, rows, cols) read after writing all P
+    r_ap_ohm: np.ndarray  # (D, rows, cols) read after writing all AP
+
+    def device_model(self, read_v: float) -> DeviceModel:
+        """Nominal conductances fitted from the healthy cells of every die."""
+        kinds = np.stack([m.kinds for m in self.maps])
+        return DeviceModel.fit(self.r_p_ohm, self.r_ap_ohm, kinds, v_read_v=read_v)
+
+    def defect_rates(self) -> dict[str, float]:
+        """Share of defective cells per die key."""
+        return {f"{d.col},{d.row}": float((m.kinds != CellDefect.OK).mean())
+                for d, m in zip(self.dies, self.maps, strict=True)}
+
+
+def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:
+    """The defect maps of a sweep run (default: the latest sweep in the store)."""
+    run_id = run_id if run_id is not None else store.latest_run(SWEEP_KIND)
+    if run_id is None:
+        raise StoreError(f"{store.path}: no sweep in this store; run `mtjlab sweep` first")
+    keys = store.dies_done(run_id)
+    if not keys:
+        raise StoreError(f"{store.path}: sweep run {run_id} has no measured die")
+    maps, r_p, r_ap = [], [], []
+    for key in keys:
+        kinds = store.array(run_id, key, "kinds")
+        rp = store.array(run_id, key, "r_p_ohm")
+        maps.append(DefectMap(kinds, np.where(kinds != CellDefect.OK, rp, 0.0)))
+        r_p.append(rp)
+        r_ap.append(store.array(run_id, key, "r_ap_ohm"))
+    dies = [DieIndex(*parse_die_key(k)) for k in keys]
+    return MeasuredWafer(run_id, dies, maps, np.stack(r_p), np.stack(r_ap))
+
+
+@dataclass
+class DieInference:
+    """One die programmed with one solution and run on the chip."""
+
+    error_pct: float  # on-chip inference
+    emulated_error_pct: float  # the same weights, from the die's read-back resistances
+    agreement_pct: float  # predictions equal on chip and in emulation
+    fidelity: float  # share of programmed cells that read back as their target
+    predictions: np.ndarray
+
+
+def emulated_currents(readback_ohm: np.ndarray, read_v: float):  # type: ignore[no-untyped-def]
+    """Column currents a die with these resistances would give (software emulation)."""
+    g = 1.0 / np.asarray(readback_ohm, dtype=np.float64)
+    return lambda rows: read_v * (np.asarray(rows, dtype=np.float64) @ g)
+
+
+def program_and_infer(station: Station, die: DieIndex, weights: list[torch.Tensor],
+                      layout: ArrayLayout, x: np.ndarray, y: np.ndarray,
+                      known_defects: np.ndarray | None = None) -> DieInference:
+    """Program `weights` with write-verify on `die`, then infer `x` on chip and in emulation."""
+    states = layout.target_states(weights)
+    with station.at_die(die):
+        result = program_verified(station, states, give_up=known_defects)
+        chip = layout.infer(x, lambda rows: station.retry("inference",
+                                                          lambda: station.tester.infer(rows)))
+    emulated = layout.infer(x, emulated_currents(result.readback_ohm,
+                                                 station.config.measurement.read_voltage_v))
+    used = states != SKIP
+    if known_defects is not None:
+        used &= ~known_defects
+    return DieInference(
+        error_pct=float(100.0 * (chip != y).mean()),
+        emulated_error_pct=float(100.0 * (emulated != y).mean()),
+        agreement_pct=float(100.0 * (chip == emulated).mean()),
+        fidelity=result.fidelity(used),
+        predictions=chip,
+    )
+
+
+def summarize(per_die: dict[str, float], baseline_pct: float) -> dict[str, Any]:
+    """Mean, std, median, min, max over dies, per-die values and the gap to the baseline."""
+    v = np.array(list(per_die.values()), dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std()), "median": float(np.median(v)),
+            "min": float(v.min()), "max": float(v.max()),
+            "gap_pp": float(v.mean() - baseline_pct), "per_die": per_die}
+
+
+def default_store_path(out: Path) -> Path:
+    return out / "run.sqlite"

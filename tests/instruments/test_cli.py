@@ -1,0 +1,71 @@
+"""The operator CLI: exit codes, messages, export."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from instruments.cli import EXIT_BAD_INPUT, EXIT_OK, main
+
+SMALL_STATION = """
+name: cli-test
+instruments: {simulated: {seed: 3}}
+wafer: {dies: [[0, 0], [1, 0]]}
+"""
+
+
+@pytest.fixture
+def station_file(tmp_path: Path) -> Path:
+    path = tmp_path / "station.yaml"
+    path.write_text(SMALL_STATION)
+    return path
+
+
+def test_sweep_runs_and_export(tmp_path: Path, station_file: Path,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "run.sqlite"
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store)]) == EXIT_OK
+    assert main(["runs", "--store", str(store)]) == EXIT_OK
+    listing = capsys.readouterr().out
+    assert "sweep" in listing and "finished" in listing and "   2  " in listing
+
+    npz = tmp_path / "run.npz"
+    assert main(["-q", "export", "--store", str(store), "--format", "npz",
+                 "--out", str(npz)]) == EXIT_OK
+    with np.load(npz) as data:
+        assert data["0,0__kinds"].shape == (100, 200)
+        assert "run_json" in data
+    h5 = tmp_path / "run.h5"
+    assert main(["-q", "export", "--store", str(store), "--format", "hdf5",
+                 "--out", str(h5)]) == EXIT_OK
+    with h5py.File(h5) as f:
+        assert f["1,0/r_p_ohm"].shape == (100, 200)
+        assert f.attrs["kind"] == "sweep"
+
+
+def test_bad_station_file_is_exit_2_with_location(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("safety:\n  max_pulse_v: -1\n")
+    code = main(["sweep", "--station", str(bad), "--store", str(tmp_path / "s.sqlite")])
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"{bad}:2: safety.max_pulse_v" in err
+
+
+def test_missing_store_and_bad_arguments_are_exit_2(tmp_path: Path) -> None:
+    assert main(["runs", "--store", str(tmp_path / "none.sqlite")]) == EXIT_BAD_INPUT
+    assert main(["train", "--store", "x", "--method", "magic"]) == EXIT_BAD_INPUT
+    assert main(["nonsense"]) == EXIT_BAD_INPUT
+
+
+def test_console_script_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "instruments.cli", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for command in ("demo", "sweep", "train", "evaluate", "report", "runs", "export"):
+        assert command in out
