@@ -430,6 +430,13 @@ def run_evaluate(ctx: JobContext, job: EvaluateJob) -> Outcome:
     return _run_loop("evaluate_from_store", ctx, seed=job.seed, data_dir=job.data_dir)
 
 
+def warm_up() -> None:
+    """Import what the runners import, so the first job does not pay for torch's import."""
+    from training import mapping  # noqa: F401
+
+    from . import defect_map, programming, sweep  # noqa: F401
+
+
 RUNNERS: dict[str, Callable[[JobContext, Any], Outcome]] = {
     "sweep": run_sweep_job, "measure": run_measure, "program": run_program,
     "infer": run_infer, "train": run_train, "evaluate": run_evaluate,

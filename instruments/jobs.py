@@ -29,6 +29,7 @@ from .job_kinds import (
     StopRequestedError,
     npz_bytes,
     to_array,
+    warm_up,
 )
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,14 @@ class Worker:
         assert self.info is not None
         return self.info
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def wake(self) -> None:
         with self._wake:
             self._wake.notify_all()
@@ -323,6 +332,7 @@ class Worker:
     # ---- the thread ------------------------------------------------------------------------
     def _main(self) -> None:
         try:
+            warm_up()
             station = self.station_factory(self.config)
             self.info = StationInfo(self.config, tuple(station.wafer_map()),
                                     tuple(station.tester.shape), dict(station.identities))

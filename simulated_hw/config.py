@@ -39,7 +39,9 @@ class WriteConfig(_Model):
 class DefectConfig(_Model):
     """Per-die defect rates drawn from wafer-level distributions."""
 
-    mean_defect_rate: float = Field(0.01, ge=0, lt=0.5, description="wafer mean, all kinds")
+    mean_defect_rate: float = Field(0.01, ge=0, lt=0.5,
+                                    description="expected wafer mean of the per-die rates "
+                                    "(bad dies included, failed lines not), all kinds")
     rate_sigma_log: float = Field(0.5, ge=0, description="die-to-die lognormal spread")
     fraction_short: float = Field(0.5, ge=0)
     fraction_open: float = Field(0.2, ge=0)

@@ -86,9 +86,12 @@ class SimulatedWafer:
         r_ap = r_p * (1.0 + tmr)
         r_access = dev.r_access_ohm * (1.0 + dev.r_access_sigma_rel * rng.standard_normal(shape))
 
-        # Die rate: lognormal around the wafer mean (mean-preserving), a few bad dies.
+        # Die rate: lognormal (mean-preserving) times the bad-die factor, normalised so that
+        # the expected rate over the wafer is mean_defect_rate.
         sigma = dfc.rate_sigma_log
-        rate = dfc.mean_defect_rate * np.exp(sigma * rng.standard_normal() - sigma**2 / 2)
+        bad_die_boost = 1.0 + dfc.bad_die_probability * (dfc.bad_die_rate_factor - 1.0)
+        rate = dfc.mean_defect_rate / bad_die_boost * np.exp(
+            sigma * rng.standard_normal() - sigma**2 / 2)
         if rng.random() < dfc.bad_die_probability:
             rate *= dfc.bad_die_rate_factor
         rate = float(min(rate, 0.5))

@@ -120,12 +120,12 @@ class ModelDevice(Device):
             reply = self.model_handler(header, args)
             if reply is not None:
                 return reply
-        if header == "*RST":
+        if self.scpi and header == "*RST":
             for name, value in self._defaults.items():
                 self._properties[name]._value = value
             self._clear_status()
             return b""
-        if header == "*CLS":
+        if self.scpi and header == "*CLS":
             self._clear_status()
             return b""
         if self.scpi and not header.endswith("?") and header in self._setting_headers:
@@ -147,6 +147,8 @@ class ModelDevice(Device):
             typed = prop.specs.type(value) if prop.specs else value
         except ValueError as err:
             raise ScpiError("data_type_error", value) from err
+        if isinstance(typed, float) and typed != typed:
+            raise ScpiError("out_of_range", value)  # NaN passes pyvisa-sim's min/max checks
         try:
             prop.set_value(str(typed))
         except ValueError as err:
@@ -157,9 +159,10 @@ class ModelDevice(Device):
     def push_error(self, key: str) -> None:
         """Queue an error (bounded, -350 on overflow) and flag it in *ESR?."""
         for queue in self._error_queues.values():
-            if len(queue._queue) >= ERROR_QUEUE_DEPTH - 1:
-                if len(queue._queue) == ERROR_QUEUE_DEPTH - 1:
-                    queue.append("queue_overflow")
+            if len(queue._queue) >= ERROR_QUEUE_DEPTH:
+                # SCPI: the newest entry is replaced by -350 and further errors are lost.
+                queue._queue[-1] = queue._error_map["queue_overflow"]
+                self._error_map["queue_overflow"].set("queue_overflow")
                 continue
             queue.append(key)
         if key in self._error_map:

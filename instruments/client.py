@@ -1,0 +1,190 @@
+"""Python client of the station service: submit jobs, follow them, fetch their arrays.
+
+    with Client("http://127.0.0.1:8000", token=...) as c:
+        job = c.submit("measure", die=(2, 3))
+        done = c.wait(job["id"])             # follows server-sent events, no polling
+        arrays = c.result(job["id"])         # {"kinds": ..., "r_p_ohm": ..., "r_ap_ohm": ...}
+
+Errors: `RequestRejectedError` (a ValueError) for requests the service refused (4xx: bad
+input, unknown job, wrong token), `ServiceError` (a RuntimeError) when the service cannot be
+reached or failed, `JobFailedError` from `run` when a job ended in any state but succeeded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .job_kinds import encode_array
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+URL_ENV, TOKEN_ENV = "MTJLAB_SERVER", "MTJLAB_TOKEN"
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+
+class ServiceError(RuntimeError):
+    """The service could not be reached, or failed to answer (5xx)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestRejectedError(ValueError):
+    """The service refused the request (4xx); the message is the service's reason."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobFailedError(RuntimeError):
+    """A job ended failed, cancelled or interrupted."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        super().__init__(f"job {job['id']} ({job['kind']}) {job['state']}"
+                         + (f": {job['error']}" if job.get("error") else ""))
+        self.job = job
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        return response.text or response.reason_phrase
+    if isinstance(detail, list):  # pydantic's validation errors
+        return "; ".join(f"{'.'.join(str(x) for x in d.get('loc', ()))}: {d.get('msg')}"
+                         for d in detail)
+    return str(detail)
+
+
+class Client:
+    """A connection to one station service (thread-safe like httpx.Client)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None,
+                 timeout_s: float = 30.0) -> None:
+        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        token = token or os.environ.get(TOKEN_ENV)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s = timeout_s
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise ServiceError(f"cannot reach the service at {self.url}: {err}") from err
+        self._raise_for(response)
+        return response
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        message = f"{response.status_code}: {_detail(response)}"
+        if 400 <= response.status_code < 500:
+            raise RequestRejectedError(message, response.status_code)
+        raise ServiceError(message, response.status_code)
+
+    # ---- the service -----------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return self._call("GET", "/health").json()
+
+    def station(self) -> dict[str, Any]:
+        return self._call("GET", "/station").json()
+
+    # ---- jobs ------------------------------------------------------------------------------
+    def submit(self, kind: str, **params: Any) -> dict[str, Any]:
+        """Queue a job; numpy arrays among `params` are sent as base64 .npy."""
+        body = {"kind": kind, **{k: encode_array(v) if isinstance(v, np.ndarray) else v
+                                 for k, v in params.items()}}
+        return self._call("POST", "/jobs", json=body).json()
+
+    def get(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}").json()
+
+    def list(self, state: str | None = None, kind: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("state", state), ("kind", kind)) if v is not None}
+        return self._call("GET", "/jobs", params={**params, "limit": limit}).json()
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a queued job, or ask a running one to stop at its next safe point."""
+        return self._call("DELETE", f"/jobs/{job_id}").json()
+
+    def resume(self, job_id: int) -> dict[str, Any]:
+        """Queue an interrupted, cancelled or failed job again (a sweep continues its run)."""
+        return self._call("POST", f"/jobs/{job_id}/resume").json()
+
+    def result(self, job_id: int) -> dict[str, np.ndarray]:
+        """The job's arrays (decoded from .npz)."""
+        data = self._call("GET", f"/jobs/{job_id}/result").content
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+
+    def events(self, job_id: int, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
+        """The job's state on every change (server-sent events) until it ends.
+
+        Reconnects after a dropped stream; raises TimeoutError after `timeout_s`.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last = -1
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g} s")
+            read = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+            try:
+                for view in self._stream(job_id, httpx.Timeout(self.timeout_s, read=read)):
+                    if view["version"] > last:
+                        last = view["version"]
+                        yield view
+                    if view["state"] in TERMINAL:
+                        return
+            except httpx.TransportError as err:
+                if deadline is None and not isinstance(err, httpx.ReadTimeout):
+                    raise ServiceError(f"lost the event stream of job {job_id}: {err}") from err
+
+    def _stream(self, job_id: int, timeout: httpx.Timeout) -> Iterator[dict[str, Any]]:
+        with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            data: list[str] = []
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield json.loads("\n".join(data))
+                    data = []
+
+    def wait(self, job_id: int, timeout_s: float | None = None) -> dict[str, Any]:
+        """Block until the job ends; returns its final state (whatever it is)."""
+        final: dict[str, Any] = {}
+        for view in self.events(job_id, timeout_s):
+            final = view
+        return final
+
+    def run(self, kind: str, timeout_s: float | None = None, **params: Any
+            ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """Submit, wait and fetch: (final job, arrays); JobFailedError unless it succeeded."""
+        job = self.wait(self.submit(kind, **params)["id"], timeout_s)
+        if job["state"] != "succeeded":
+            raise JobFailedError(job)
+        return job, self.result(job["id"])

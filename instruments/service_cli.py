@@ -1,0 +1,231 @@
+"""`mtjlab serve | submit | jobs | watch`: the station service from the command line.
+
+Same conventions as instruments/cli.py: exit 0 ok, 1 failed (job failed, service unreachable),
+2 bad input (refused request, unknown job, wrong token, bad file). The server address comes
+from --server or MTJLAB_SERVER, the token from --token or MTJLAB_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import Client
+
+    return Client(args.server, token=args.token)
+
+
+def _die(text: str) -> list[int]:
+    try:
+        col, row = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected COL,ROW (e.g. 2,3), got {text!r}") from None
+    return [col, row]
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read a .npy array: {err}") from err
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service import serve
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly
+        serve(args.station, host=args.host, port=args.port, store=args.store, token=args.token,
+              announce=lambda text: print(text, flush=True))
+    return EXIT_OK
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = json.loads(args.params) if args.params else {}
+    if not isinstance(params, dict):
+        raise ValueError("--params must be a JSON object")
+    options = {"die": args.die, "method": args.method, "seed": args.seed,
+               "data_dir": args.data_dir, "pulse_v": args.pulse_v,
+               "resume_run": args.resume_run}
+    params.update({k: v for k, v in options.items() if v is not None})
+    for name in ("targets", "inputs"):
+        path = getattr(args, name)
+        if path is not None:
+            params[name] = _load_npy(path)
+    return params
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.submit(args.kind, **_params(args))
+        _say(args, f"job {job['id']} ({job['kind']}) queued")
+        if not (args.wait or args.out):
+            print(job["id"])
+            return EXIT_OK
+        return _follow(client, job["id"], args, out=args.out)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.cancel is not None:
+            job = client.cancel(args.cancel)
+            print(f"job {job['id']}: {job['state']}"
+                  + (" (stops at the next safe point)" if job["state"] == "running" else ""))
+            return EXIT_OK
+        if args.resume is not None:
+            job = client.resume(args.resume)
+            print(f"job {job['id']} queued (resumes job {args.resume})")
+            return EXIT_OK
+        if args.result is not None:
+            _save_result(client, args.result, args.out or f"job-{args.result}.npz")
+            return EXIT_OK
+        jobs = [client.get(args.id)] if args.id is not None else client.list(
+            args.state, args.kind, args.limit)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return EXIT_OK
+    print(f"{'id':>5}  {'kind':<9} {'state':<12} {'progress':<10} {'submitted (UTC)':<20} "
+          "summary / error")
+    for j in jobs:
+        print(f"{j['id']:>5}  {j['kind']:<9} {j['state']:<12} {_progress(j):<10} "
+              f"{j['submitted_at'][:19]:<20} {j['error'] or _brief(j['summary'])}")
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(client, args.id, args, out=args.out)
+
+
+def _follow(client: Any, job_id: int, args: argparse.Namespace, out: str | None) -> int:
+    """Print progress until the job ends; exit 0 only if it succeeded."""
+    job: dict[str, Any] = {}
+    for job in client.events(job_id, timeout_s=args.timeout):
+        _say(args, f"job {job_id}: {job['state']:<10} {_progress(job):<8} "
+                   f"{job['progress']['message']}")
+    if job["state"] != "succeeded":
+        print(f"job {job_id} {job['state']}: {job['error'] or ''}", file=sys.stderr)
+        return EXIT_FAILED
+    if out:
+        _save_result(client, job_id, out)
+    print(json.dumps(job["summary"]))
+    return EXIT_OK
+
+
+def _save_result(client: Any, job_id: int, out: str) -> None:
+    arrays = client.result(job_id)
+    np.savez(Path(out), **arrays)
+    print(f"job {job_id}: arrays {sorted(arrays)} written to {out}", file=sys.stderr)
+
+
+def _progress(job: dict[str, Any]) -> str:
+    p = job["progress"]
+    return f"{p['done']}/{p['total']}" if p["total"] else ""
+
+
+def _brief(summary: dict[str, Any]) -> str:
+    text = json.dumps(summary)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def _connection(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--server", default=None,
+                    help="service URL (default: $MTJLAB_SERVER or http://127.0.0.1:8000)")
+    sp.add_argument("--token", default=None, help="bearer token (default: $MTJLAB_TOKEN)")
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """Add serve, submit, jobs and watch to an `mtjlab` subparsers object."""
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+        return sp
+
+    sp = add("serve", cmd_serve, "run the station service (owns the instruments, HTTP jobs)")
+    sp.add_argument("--station", required=True, help="station YAML file")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; others need a token)")
+    sp.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    sp.add_argument("--store", default=None,
+                    help="run store (SQLite file; default mtjlab-runs.sqlite); the job queue "
+                         "is kept next to it as <store>.jobs.sqlite")
+    sp.add_argument("--token", default=None, help="require this bearer token "
+                                                  "(default: $MTJLAB_TOKEN)")
+
+    sp = add("submit", cmd_submit, "submit a job to the station service")
+    sp.add_argument("kind", choices=KINDS)
+    sp.add_argument("--die", type=_die, default=None, help="COL,ROW")
+    sp.add_argument("--targets", default=None, help="program: .npy of 0 (P)/1 (AP)/2 (leave)")
+    sp.add_argument("--inputs", default=None, help="infer: .npy of binary inputs (n, n_in)")
+    sp.add_argument("--pulse-v", type=float, default=None, help="program: pulse amplitude")
+    sp.add_argument("--method", choices=["baseline", "hat", "sat"], default=None)
+    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--data-dir", default=None, help="train/evaluate: MNIST folder on the server")
+    sp.add_argument("--resume-run", type=int, default=None, help="sweep: continue this run")
+    sp.add_argument("--params", default=None, help="more parameters as a JSON object")
+    sp.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    sp.add_argument("--out", default=None, help="save the result arrays (.npz); implies --wait")
+    sp.add_argument("--timeout", type=float, default=None, help="give up waiting after S s")
+    _connection(sp)
+
+    sp = add("jobs", cmd_jobs, "list, inspect, cancel or resume jobs of the station service")
+    sp.add_argument("id", type=int, nargs="?", default=None, help="show one job")
+    sp.add_argument("--state", default=None, choices=["queued", "running", "succeeded",
+                                                      "failed", "cancelled", "interrupted"])
+    sp.add_argument("--kind", default=None, choices=KINDS)
+    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    sp.add_argument("--cancel", type=int, metavar="ID", default=None)
+    sp.add_argument("--resume", type=int, metavar="ID", default=None)
+    sp.add_argument("--result", type=int, metavar="ID", default=None,
+                    help="save a job's arrays (to --out, default job-ID.npz)")
+    sp.add_argument("--out", default=None)
+    _connection(sp)
+
+    sp = add("watch", cmd_watch, "follow a job's progress until it ends (exit 0 if it succeeded)")
+    sp.add_argument("id", type=int)
+    sp.add_argument("--out", default=None, help="save the result arrays (.npz)")
+    sp.add_argument("--timeout", type=float, default=None)
+    _connection(sp)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry (`python -m instruments.service_cli`) until cli.py carries these."""
+    import logging
+
+    from .cli import run_command
+
+    parser = argparse.ArgumentParser(prog="mtjlab", description=__doc__.splitlines()[0])
+    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_service_commands(parser.add_subparsers(dest="command", required=True))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return run_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
