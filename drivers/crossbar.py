@@ -51,7 +51,8 @@ def _check_integer_array(name: str, array: ArrayLike, shape: tuple[int, ...],
         raise ValueError(f"{name} must be an integer or bool array, got dtype {arr.dtype}")
     contiguous = tuple(allowed) == tuple(range(min(allowed), max(allowed) + 1))
     in_range_fast = contiguous and (
-        arr.dtype.kind == "b" or (arr.min() >= min(allowed) and arr.max() <= max(allowed)))
+        arr.dtype.kind == "b"
+        or ((arr.dtype.kind == "u" or arr.min() >= min(allowed)) and arr.max() <= max(allowed)))
     if arr.size and not in_range_fast and not np.isin(arr, allowed).all():
         bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
         raise ValueError(f"{name} values must be in {allowed}, got {bad}")
@@ -159,14 +160,20 @@ class CrossbarTester(SCPIInstrument):
     # -- whole array ----------------------------------------------------------------------------
 
     def read_array(self) -> np.ndarray:
-        """Every cell's resistance in ohm, shape (rows, cols), in one ``MEAS:ARR?``."""
+        """Every cell's resistance in ohm, float32 as transferred, shape (rows, cols), in one
+        ``MEAS:ARR?``."""
         values = self.query_block("MEAS:ARR?", np.float32, self.rows * self.cols)
-        return values.reshape(self.shape).astype(np.float64)
+        return values.reshape(self.shape)
 
-    def program_array(self, targets: ArrayLike) -> None:
-        """One write pulse towards `targets` (rows, cols) of 0 = P, 1 = AP, 2 = keep."""
+    def program_array(self, targets: ArrayLike, *, check: bool | None = False) -> None:
+        """One write pulse towards `targets` (rows, cols) of 0 = P, 1 = AP, 2 = keep.
+
+        The error check is deferred by default: programming is always followed by a read-back
+        (write-verify), whose check names this command if the instrument refused it, so the
+        bulk write costs one round trip instead of two. Pass check=True to check at once.
+        """
         arr = _check_integer_array("targets", targets, self.shape, (P, AP, KEEP))
-        self.write_block("PROG:ARR", arr, np.uint8)
+        self.write_block("PROG:ARR", arr, np.uint8, check=check)
 
     def infer(self, inputs: ArrayLike) -> np.ndarray:
         """Column currents in A, shape (n, cols), for binary input vectors of shape (n, rows)."""

@@ -62,11 +62,13 @@ class ModelDevice(Device):
     def write(self, data: bytes) -> None:
         if self.dropped:
             raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
-        self._input_buffer.extend(data)
-        if not self._input_buffer.endswith(self._query_eom):
-            return
-        message = bytes(self._input_buffer[: -len(self._query_eom)])
-        self._input_buffer = bytearray()
+        if self._input_buffer or not data.endswith(self._query_eom):
+            self._input_buffer.extend(data)
+            if not self._input_buffer.endswith(self._query_eom):
+                return
+            data = bytes(self._input_buffer)
+            self._input_buffer = bytearray()
+        message = data[: -len(self._query_eom)]
         fault = self.faults.draw(message) if self.faults else None
         if fault == "drop":
             self.dropped = True
@@ -74,7 +76,7 @@ class ModelDevice(Device):
         if fault == "scpi_error" and self.scpi:
             self.push_error("device_error")
             if message.split(b" ", 1)[0].endswith(b"?"):
-                self._output_buffers.append(bytearray(self._response_eom))
+                self._output_buffers.append(self._response_eom)
             return
         self.received.append(message[:200])
         response = self._respond(message)
@@ -84,7 +86,7 @@ class ModelDevice(Device):
             return  # executed, reply lost
         if fault == "garble":
             response = self.faults.garble(response)  # type: ignore[union-attr]
-        self._output_buffers.append(bytearray(response) + self._response_eom)
+        self._output_buffers.append(response + self._response_eom)
 
     def read(self) -> tuple[bytes, bool]:
         """The whole pending reply at once (pyvisa-sim returns one byte per call)."""
@@ -92,13 +94,13 @@ class ModelDevice(Device):
             raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
         if not self._output_buffers:
             return b"", False
-        return bytes(self._output_buffers.popleft()), True
+        return self._output_buffers.popleft(), True
 
     # ---- command dispatch ----------------------------------------------------------------
     def _respond(self, message: bytes) -> Any:
         header, _, args = message.strip().partition(b" ")
         is_query = header.endswith(b"?")
-        if self.scpi:  # SCPI headers are case-insensitive
+        if self.scpi and not header.isupper():  # SCPI headers are case-insensitive
             header = header.upper()
             message = header + (b" " + args if args else b"")
         try:

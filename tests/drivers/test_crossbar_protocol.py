@@ -121,7 +121,7 @@ def test_read_array_is_one_query() -> None:
     with connected(checked("MEAS:ARR?", encode_array(ohms))) as xbar:
         got = xbar.read_array()
     assert got.shape == (ROWS, COLS)
-    assert got.dtype == np.float64
+    assert got.dtype == np.float32
     np.testing.assert_array_equal(got, ohms.reshape(ROWS, COLS))
 
 
@@ -141,13 +141,29 @@ def test_read_array_wrong_element_count() -> None:
 
 def test_program_array_is_one_command_with_exact_bytes() -> None:
     targets = np.array([[P, AP, KEEP], [AP, P, KEEP]])
-    with connected(checked(b"PROG:ARR #16\x00\x01\x02\x01\x00\x02")) as xbar:
+    with connected([(b"PROG:ARR #16\x00\x01\x02\x01\x00\x02", None)]) as xbar:
         xbar.program_array(targets)
+
+
+def test_program_array_checked_at_once_on_request() -> None:
+    targets = np.array([[P, AP, KEEP], [AP, P, KEEP]])
+    with connected(checked(b"PROG:ARR #16\x00\x01\x02\x01\x00\x02")) as xbar:
+        xbar.program_array(targets, check=True)
+
+
+def test_program_array_error_surfaces_at_the_next_check_naming_it() -> None:
+    targets = np.zeros((ROWS, COLS), np.uint8)
+    exchanges = [(b"PROG:ARR #16" + bytes(6), None),
+                 *failed("MEAS:ARR?", -241, "Hardware missing; no die in contact", "")]
+    with connected(exchanges) as xbar, pytest.raises(InstrumentError) as info:
+        xbar.program_array(targets)
+        xbar.read_array()
+    assert "PROG:ARR" in str(info.value) and info.value.code == -241
 
 
 def test_program_array_accepts_bool_targets() -> None:
     targets = np.array([[True, False, True], [False, False, False]])
-    with connected(checked(b"PROG:ARR #16\x01\x00\x01\x00\x00\x00")) as xbar:
+    with connected([(b"PROG:ARR #16\x01\x00\x01\x00\x00\x00", None)]) as xbar:
         xbar.program_array(targets)
 
 

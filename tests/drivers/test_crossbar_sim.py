@@ -80,7 +80,8 @@ def test_array_operations_without_contact(sim_xbar: CrossbarTester) -> None:
     assert sim_xbar.in_contact is False
     for call, command in (
         (sim_xbar.read_array, "MEAS:ARR?"),
-        (lambda: sim_xbar.program_array(np.zeros(sim_xbar.shape, np.uint8)), "PROG:ARR"),
+        (lambda: sim_xbar.program_array(np.zeros(sim_xbar.shape, np.uint8), check=True),
+             "PROG:ARR"),
         (lambda: sim_xbar.infer(np.ones((1, sim_xbar.rows), np.uint8)), "INF:CURR?"),
         (lambda: sim_xbar.read_cell(0, 0), "MEAS:CELL? 0,0"),
         (lambda: sim_xbar.write_cell(0, 0, AP), "PROG:CELL 0,0,1"),
