@@ -2,12 +2,14 @@
 
 baseline (software), unaware (baseline mapped onto each die), HAT (one weight set per die, all
 dies trained as one batched model), SAT (one weight set from the wafer's defect statistics),
-placed (SAT weights, per-die placement of neurons and layers, no retraining). Every method is
-evaluated on all 36 dies from their measured defect maps (healthy cells at nominal conductance,
-as in the paper); the table also shows the error with the dies' true per-device conductances
-(device variation included). Last line: RESULT ... (see the issue).
+placed (SAT weights, per-die placement of inputs, neurons and layers, no retraining). The
+orchestration is `training.experiment.train_all` (the same function the closed loop runs on
+measured maps). Every method is evaluated on all 36 dies from their defect maps (healthy cells
+at nominal conductance, as in the paper); the table also shows the error with the dies' true
+per-device conductances (device variation included). Speed ratios are min-of-repeats epoch
+times measured back to back. Last line: RESULT ... (see the issue).
 
-Usage: python benchmarks/bench_paper.py [--data-dir DIR] [--seed N]
+Usage: python benchmarks/bench_paper.py [--data-dir DIR] [--seed N] [--ablation]
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulated_hw import SimulatedWafer, WaferConfig
 from training.datasets import load_default
-from training.defects import CellDefect, DefectMap, DefectStatistics
-from training.evaluation import DieErrors, evaluate_on_dies, software_error
-from training.mapping import (
-    ArrayCells,
-    ArrayLayout,
-    DeviceModel,
-    cells_from_defect_maps,
-    cells_from_kinds,
-)
-from training.network import NetworkConfig
-from training.placement import place_all
+from training.defects import CellDefect, DefectMap
+from training.evaluation import DieErrors, evaluate_on_dies
+from training.experiment import METHODS, ExperimentConfig, Solutions, train_all
+from training.mapping import ArrayCells, DeviceModel, cells_from_kinds
+from training.placement import PlacementConfig, place_all
 from training.sensitivity import loss_distribution
-from training.trainers import SATConfig, TrainConfig, train_baseline, train_hat, train_sat
+from training.trainers import TrainConfig, train_baseline, train_hat, train_sat
 
 
 def wafer_maps(wafer: SimulatedWafer) -> tuple[list[DefectMap], ArrayCells | None]:
@@ -59,7 +56,8 @@ def wafer_maps(wafer: SimulatedWafer) -> tuple[list[DefectMap], ArrayCells | Non
     return maps, truth
 
 
-def best_time(fn, repeat: int = 3) -> float:
+def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Min-of-repeats wall time of fn() (after one warm-up call)."""
     fn()
     best = float("inf")
     for _ in range(repeat):
@@ -69,74 +67,124 @@ def best_time(fn, repeat: int = 3) -> float:
     return best
 
 
+def epoch_ratio(slow: Callable[[], list[float]], fast: Callable[[], list[float]],
+                repeat: int = 3) -> tuple[float, float, float]:
+    """Min epoch time of two trainers, run alternately (back to back); (ratio, slow, fast)."""
+    s, f = float("inf"), float("inf")
+    for _ in range(repeat):
+        f = min(f, *fast())
+        s = min(s, *slow())
+    return s / f, s, f
+
+
+def speed(sol: Solutions, data, cfg: ExperimentConfig, seed: int) -> dict[str, float]:
+    """sat_epoch_ratio, hat36_ratio and eval36_ratio, min-of-repeats, back to back."""
+    net, cells, xt, yt = sol.net_config, sol.cells, data.x_test, data.y_test
+    one = TrainConfig(epochs=1, lr=cfg.hat.lr, noise_std=cfg.hat.noise_std)
+    hat_lay = sol.hat_layouts or sol.layout
+    init = sol.baseline.weights
+
+    def base_fn() -> list[float]:
+        one_b = cfg.baseline.model_copy(update={"epochs": 1})
+        return train_baseline(data, net, one_b, seed=seed).epoch_seconds
+
+    def sat_fn() -> list[float]:
+        one_s = cfg.sat.model_copy(update={"epochs": 1})
+        return train_sat(data, sol.layout, sol.stats, net, one_s, seed=seed,
+                         init=init).epoch_seconds
+
+    def hat36() -> list[float]:
+        return train_hat(data, hat_lay, cells, net, one, seed=seed, init=init).epoch_seconds
+
+    def hat1() -> list[float]:
+        return train_hat(data, sol.hat_layout(0), cells[0], net, one, seed=seed,
+                         init=init).epoch_seconds
+
+    sat_r, sat_s, base_s = epoch_ratio(sat_fn, base_fn)
+    hat_r, hat36_s, hat1_s = epoch_ratio(hat36, hat1)
+    w = sol.sat.weights
+    t36 = best_time(lambda: evaluate_on_dies(w, xt, yt, sol.layout, cells, net))
+    t1 = best_time(lambda: evaluate_on_dies(w, xt, yt, sol.layout, cells[0], net))
+    return {"sat_epoch_ratio": sat_r, "hat36_ratio": hat_r, "eval36_ratio": t36 / t1,
+            "base_s": base_s, "sat_s": sat_s, "hat36_s": hat36_s, "hat1_s": hat1_s,
+            "eval36_s": t36, "eval1_s": t1}
+
+
+def ablation(sol: Solutions, data, cfg: ExperimentConfig, seed: int) -> list[tuple[str, float]]:
+    """Gap (pp) of what each lever buys: placement levers on SAT and baseline weights, HAT
+    on the fixed layout."""
+    net, cells, xt, yt, be = sol.net_config, sol.cells, data.x_test, data.y_test, \
+        sol.baseline_error_pct
+    rows: list[tuple[str, float]] = []
+    variants = {
+        "output pairs only": PlacementConfig(permute_inputs=False, assign_hidden_pairs=False,
+                                             assign_output_rows=False),
+        "output pairs + output rows": PlacementConfig(permute_inputs=False,
+                                                      assign_hidden_pairs=False),
+        "+ hidden pairs (no input wiring)": PlacementConfig(permute_inputs=False),
+        "input wiring only": PlacementConfig(clean_output_pairs=False,
+                                             assign_hidden_pairs=False,
+                                             assign_output_rows=False),
+        "all levers": cfg.placement,
+    }
+    for label, pc in variants.items():
+        for wname, w in (("SAT", sol.sat.weights), ("baseline", sol.baseline.weights)):
+            lays = place_all(w, cells, sol.layout, data.x_train, data.y_train, net, config=pc)
+            rows.append((f"placed {wname} weights: {label}",
+                         evaluate_on_dies(w, xt, yt, lays, cells, net, be).gap_pp))
+    hat_fixed = train_hat(data, sol.layout, cells, net, cfg.hat, seed=seed,
+                          init=sol.baseline.weights)
+    rows.append(("HAT on the fixed layout (paper)",
+                 evaluate_on_dies(hat_fixed.weights, xt, yt, sol.layout, cells, net,
+                                  be).gap_pp))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None, help="MNIST IDX folder (default: sklearn digits)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=30, help="baseline epochs")
-    ap.add_argument("--sat-epochs", type=int, default=40)
-    ap.add_argument("--hat-epochs", type=int, default=30)
+    ap.add_argument("--ablation", action="store_true", help="also print the lever ablation")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     seed = args.seed
 
     data = load_default(args.data_dir, seed=seed)
-    cfg = WaferConfig()
-    wafer = SimulatedWafer(cfg, seed=seed)
+    wcfg = WaferConfig()
+    wafer = SimulatedWafer(wcfg, seed=seed)
     maps, truth = wafer_maps(wafer)
-    dv = cfg.device
+    dv = wcfg.device
     device = DeviceModel.from_resistances(dv.r_p_median_ohm, dv.tmr_mean, dv.r_access_ohm)
-    stats = DefectStatistics.fit(maps)
-    net_cfg = NetworkConfig()
-    layout = ArrayLayout.default(net_cfg.sizes, cfg.rows, cfg.cols, net_cfg.output_copies,
-                                 net_cfg.copy_combine, device)
-    measured = cells_from_defect_maps(maps, device)
-    xt, yt = data.x_test, data.y_test
-
-    train_cfg = TrainConfig(epochs=args.epochs, noise_std=0.1)
-    base = train_baseline(data, net_cfg, train_cfg, seed=seed)
-    base_err = software_error(base.weights, xt, yt, net_cfg)
+    cfg = ExperimentConfig()
+    sol = train_all(data, maps, device, cfg, seed)
+    net, xt, yt, base_err = sol.net_config, data.x_test, data.y_test, sol.baseline_error_pct
 
     results: dict[str, tuple[DieErrors, DieErrors | None]] = {}
-
-    def record(name: str, weights, lay) -> None:
-        e = evaluate_on_dies(weights, xt, yt, lay, measured, net_cfg, base_err)
-        p = (evaluate_on_dies(weights, xt, yt, lay, truth, net_cfg, base_err)
+    for method in METHODS:
+        w, lay = sol.weights_and_layouts(method)
+        e = evaluate_on_dies(w, xt, yt, lay, sol.cells, net, base_err)
+        p = (evaluate_on_dies(w, xt, yt, lay, truth, net, base_err)
              if truth is not None else None)
-        results[name] = (e, p)
+        results[method] = (e, p)
 
-    record("unaware", base.weights, layout)
-
-    hat_cfg = TrainConfig(epochs=args.hat_epochs, lr=0.003, noise_std=0.1)
-    hat = train_hat(data, layout, measured, net_cfg, hat_cfg, seed=seed, init=base.weights)
-    hat_one = train_hat(data, layout, measured[0], net_cfg,
-                        hat_cfg.model_copy(update={"epochs": 2}), seed=seed, init=base.weights)
-    hat36_ratio = hat.mean_epoch_s / hat_one.mean_epoch_s
-    record("hat", hat.weights, layout)
-
-    sat_cfg = SATConfig(epochs=args.sat_epochs, lr=0.003, noise_std=0.1)
-    sat = train_sat(data, layout, stats, net_cfg, sat_cfg, seed=seed, init=base.weights)
-    sat_epoch_ratio = sat.mean_epoch_s / base.mean_epoch_s
-    record("sat", sat.weights, layout)
-
-    layouts = place_all(sat.weights, measured, layout, data.x_train, data.y_train, net_cfg)
-    record("placed", sat.weights, layouts)
-
-    t36 = best_time(lambda: evaluate_on_dies(sat.weights, xt, yt, layout, measured, net_cfg))
-    t1 = best_time(lambda: evaluate_on_dies(sat.weights, xt, yt, layout, measured[0], net_cfg))
-    eval36_ratio = t36 / t1
-
-    sens_base = loss_distribution(base.weights, xt, yt, layout, stats, net_cfg, seed=seed)
-    sens_sat = loss_distribution(sat.weights, xt, yt, layout, stats, net_cfg, seed=seed)
+    sens_base = loss_distribution(sol.baseline.weights, xt, yt, sol.layout, sol.stats, net,
+                                  seed=seed)
+    sens_sat = loss_distribution(sol.sat.weights, xt, yt, sol.layout, sol.stats, net,
+                                 seed=seed)
+    sp = speed(sol, data, cfg, seed)
+    abl = ablation(sol, data, cfg, seed) if args.ablation else []
     total_s = time.perf_counter() - t_start
 
     print(f"# bench_paper: data={args.data_dir or 'sklearn-digits'} seed={seed} "
-          f"dies={wafer.n_dies} threads={args.threads}")
-    print(f"# wafer defect rate mean {stats.mean_total_rate * 100:.2f} %, shorts "
-          f"{stats.rate_mean[0] * 100:.2f} %, failed rows/cols per die "
-          f"{stats.failed_rows_per_die:.2f}/{stats.failed_cols_per_die:.2f}")
+          f"dies={wafer.n_dies} threads={args.threads} network={net.sizes} "
+          f"copies={net.output_copies} hat_placement={cfg.hat_placement}")
+    st = sol.stats
+    print(f"# wafer defect rate mean {st.mean_total_rate * 100:.2f} %, shorts "
+          f"{st.rate_mean[0] * 100:.2f} %, failed rows/cols per die "
+          f"{st.failed_rows_per_die:.2f}/{st.failed_cols_per_die:.2f}")
+    print("# stage s: " + ", ".join(f"{k} {v:.1f}" for k, v in sol.timings_s.items()))
     print(f"{'method':<9}{'mean%':>8}{'median%':>9}{'worst%':>8}{'best%':>7}{'std':>6}"
           f"{'gap_pp':>8}{'phys_mean%':>11}{'phys_gap':>9}")
     print(f"{'baseline':<9}{base_err:>8.2f}{base_err:>9.2f}{base_err:>8.2f}{base_err:>7.2f}"
@@ -148,16 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# loss over 200 sampled maps: baseline mean {sens_base.mean:.3f} std "
           f"{sens_base.std:.3f} IQR {sens_base.iqr:.3f}; SAT mean {sens_sat.mean:.3f} std "
           f"{sens_sat.std:.3f} IQR {sens_sat.iqr:.3f}")
-    print(f"# epoch s: baseline {base.mean_epoch_s:.3f}, SAT {sat.mean_epoch_s:.3f}, HAT x36 "
-          f"{hat.mean_epoch_s:.3f}, HAT x1 {hat_one.mean_epoch_s:.3f}; eval 36 dies "
-          f"{t36 * 1e3:.1f} ms, 1 die {t1 * 1e3:.1f} ms")
+    print(f"# min epoch s: baseline {sp['base_s']:.3f}, SAT {sp['sat_s']:.3f}, HAT x36 "
+          f"{sp['hat36_s']:.3f}, HAT x1 {sp['hat1_s']:.3f}; eval 36 dies "
+          f"{sp['eval36_s'] * 1e3:.1f} ms, 1 die {sp['eval1_s'] * 1e3:.1f} ms")
+    if abl:
+        print("# ablation (gap to the software baseline, pp, mean over dies)")
+        for label, gap in abl:
+            print(f"#   {label:<55}{gap:>7.2f}")
     r = {k: v[0] for k, v in results.items()}
     print(f"RESULT baseline_err={base_err:.2f} unaware_err={r['unaware'].mean:.2f} "
           f"hat_err={r['hat'].mean:.2f} sat_err={r['sat'].mean:.2f} "
           f"placed_err={r['placed'].mean:.2f} sat_gap_pp={r['sat'].gap_pp:.2f} "
           f"unaware_gap_pp={r['unaware'].gap_pp:.2f} hat_gap_pp={r['hat'].gap_pp:.2f} "
-          f"placed_gap_pp={r['placed'].gap_pp:.2f} sat_epoch_ratio={sat_epoch_ratio:.2f} "
-          f"hat36_ratio={hat36_ratio:.2f} eval36_ratio={eval36_ratio:.2f} total_s={total_s:.1f}")
+          f"placed_gap_pp={r['placed'].gap_pp:.2f} "
+          f"sat_epoch_ratio={sp['sat_epoch_ratio']:.2f} hat36_ratio={sp['hat36_ratio']:.2f} "
+          f"eval36_ratio={sp['eval36_ratio']:.2f} total_s={total_s:.1f}")
     return 0
 
 

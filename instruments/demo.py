@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.experiment import ExperimentConfig, train_all
-
 from training.datasets import load_default
+from training.experiment import ExperimentConfig, train_all
 from training.sensitivity import loss_distribution
 
 from .config import StationConfig

@@ -409,12 +409,14 @@ def _plain(value: Any, arrays: dict[str, np.ndarray], name: str) -> Any:
 def _run_loop(fn_name: str, ctx: JobContext, **kwargs: Any) -> Outcome:
     try:
         from . import loop
-    except ImportError as err:
-        raise RuntimeError(f"instruments.loop is not available ({err}); train and evaluate "
-                           "jobs need it") from err
+
+        fn = getattr(loop, fn_name)
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"instruments.loop.{fn_name} is not available ({err}); train and "
+                           "evaluate jobs need it") from err
     ctx.check_stop()
     ctx.progress(0, None, f"{fn_name} running")
-    result = getattr(loop, fn_name)(str(ctx.store_path), **kwargs, quiet=True)
+    result = fn(str(ctx.store_path), **kwargs, quiet=True)
     arrays: dict[str, np.ndarray] = {}
     summary = _plain(result, arrays, "")
     ctx.progress(1, 1, f"{fn_name} done")

@@ -249,17 +249,21 @@ class JobStore:
             changed = self._changed(db, job_id)
         self._publish(changed)
 
-    def cancel(self, job_id: int) -> str:
-        """Cancel a queued job now, or flag a running one; returns the resulting state."""
+    def cancel(self, job_id: int) -> tuple[bool, str]:
+        """Cancel a queued job now, or flag a running one to stop.
+
+        Returns (acted, state): state is 'cancelled', 'running' (stop requested) or, when
+        nothing was done, the job's final state. KeyError for an unknown job.
+        """
         if self._update(job_id, "state='cancelled', finished=?, cancel_requested=1",
                         (time.time(),), "AND state='queued'"):
-            return "cancelled"
+            return True, "cancelled"
         if self._update(job_id, "cancel_requested=1", (), "AND state='running'"):
-            return "running"
+            return True, "running"
         job = self.get(job_id)
         if job is None:
             raise KeyError(job_id)
-        return str(job["state"])
+        return False, str(job["state"])
 
 
 class Worker:

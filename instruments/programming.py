@@ -34,12 +34,26 @@ class ProgramResult:
 
 def read_array(station: Station) -> np.ndarray:
     """One full-array resistance read (idempotent, retried)."""
-    return station.retry("read array", station.tester.read_array)
+    # A lambda, not the bound method: a reconnect replaces station.tester.
+    return station.retry("read array", lambda: station.tester.read_array())
 
 
 def states_from_resistance(r_ohm: np.ndarray, m: MeasurementConfig) -> np.ndarray:
     """0 (P) or 1 (AP) per cell by the P/AP threshold (meaningless for shorts and opens)."""
     return (r_ohm > m.p_ap_threshold_ohm).astype(np.uint8)
+
+
+def _checked_targets(targets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`targets` as uint8 after checking shape, integer dtype and values (0, 1 or 2)."""
+    arr = np.asarray(targets)
+    if arr.shape != shape:
+        raise ValueError(f"targets must have shape {shape}, got {arr.shape}")
+    if arr.dtype.kind not in "biu":
+        raise ValueError(f"targets must be an integer or bool array, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < P or int(arr.max()) > SKIP):
+        raise ValueError(f"targets values must be in (0, 1, 2), got {int(arr.min())} to "
+                         f"{int(arr.max())}")
+    return arr.astype(np.uint8)
 
 
 def program_verified(station: Station, targets: np.ndarray,
@@ -51,7 +65,9 @@ def program_verified(station: Station, targets: np.ndarray,
     """
     m = station.config.measurement
     limit = station.config.safety.max_pulse_v
-    targets = np.asarray(targets, dtype=np.uint8)
+    targets = _checked_targets(targets, station.tester.shape)  # before anything is sent
+    if give_up is not None and np.shape(give_up) != targets.shape:
+        raise ValueError(f"give_up must have shape {targets.shape}, got {np.shape(give_up)}")
     addressed = targets != SKIP
     pending = targets.copy()
     if give_up is not None:
@@ -68,7 +84,8 @@ def program_verified(station: Station, targets: np.ndarray,
         except Exception as err:
             if not is_transient(err):
                 raise
-            station.reconnect()  # fate of the pulse unknown: the read below decides
+            # Fate of the pulse unknown: never repeat it blindly; the read below decides.
+            station.recover("program array")
         rounds += 1
         readback = read_array(station)
         verified = addressed & (states_from_resistance(readback, m) == targets)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import anyio
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
@@ -243,6 +244,13 @@ def create_app(config: StationConfig, store_path: str | Path, *, token: str | No
     async def _rejected(_r: Request, err: RejectedJobError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, err: RequestValidationError) -> JSONResponse:
+        # Location and message only: echoing the input could hold NaN, not valid JSON.
+        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in err.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(QueueFullError)
     async def _full(_r: Request, err: QueueFullError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503)
@@ -300,11 +308,11 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     async def cancel(job_id: int = JobId) -> dict[str, Any]:
         """Cancel: a queued job at once; a running one stops at its next safe point."""
         svc.job_or_404(job_id)
-        state = svc.jobs.cancel(job_id)
+        acted, state = svc.jobs.cancel(job_id)
+        if not acted:
+            raise HTTPException(409, f"job {job_id} is already {state}")
         if state == "running":
             svc.worker.request_stop(job_id)
-        elif state != "cancelled":
-            raise HTTPException(409, f"job {job_id} is already {state}")
         return svc.job_or_404(job_id)
 
     @app.post("/jobs/{job_id}/resume", status_code=201, response_model=JobView, tags=["jobs"])

@@ -8,6 +8,7 @@ and always leaves the hardware safe: chuck separated, output off.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,12 +21,12 @@ from drivers.crossbar import CrossbarTester
 from drivers.errors import (
     BlockError,
     CommunicationError,
-    DriverError,
+    ConnectionLost,
     InstrumentError,
     ProberError,
     ReplyError,
 )
-from drivers.prober import DieIndex, Prober, VeloxProber
+from drivers.prober import DieIndex, Prober, VeloxProber, parse_velox_reply
 
 from .config import StationConfig
 from .safety import SafetyPolicy
@@ -36,6 +37,10 @@ T = TypeVar("T")
 #: Error codes that mean "the link hiccuped", not "the request was wrong".
 TRANSIENT_SCPI_CODES = frozenset({-300})
 TRANSIENT_PROBER_CODES = frozenset({710})
+#: Attempts at re-establishing a session, per recovery, as a multiple of retry.max_attempts:
+#: a reconnect sends some thirty messages, each of which may itself hit a fault.
+RECONNECT_FACTOR = 3
+_VELOX_CODE = re.compile(r"^\s*-?\d+:")
 
 
 class StationError(RuntimeError):
@@ -64,9 +69,28 @@ class Station:
         self.prober: Prober
         self.tester: CrossbarTester
         self._die: DieIndex | None = None  # die we intend to be in contact with
-        self._connect()
-        self.identities = self._verify_identity()
-        self.configure()
+        self._pulse_v = config.measurement.pulse_v  # write amplitude to restore on reconnect
+        self._shape: tuple[int, int] | None = None
+        self.identities: dict[str, str] = {}
+        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
+        for attempt in range(attempts):
+            try:
+                self._connect()
+                self.identities = self._read_identities()
+                self.configure()
+                return
+            except Exception as err:
+                if not is_transient(err) or attempt + 1 == attempts:
+                    self._close_drivers()
+                    if is_transient(err):
+                        prober, tester = self._resource_names()
+                        raise StationError(
+                            f"cannot talk to the instruments (prober {prober!r}, tester "
+                            f"{tester!r}): gave up after {attempts} attempts: {err}") from err
+                    raise
+                log.warning("connect: attempt %d/%d failed: %s", attempt + 1, attempts, err)
+                self._close_drivers()
+                time.sleep(self.config.retry.backoff_s)
 
     # ---- connection --------------------------------------------------------------------
     def _resource_manager(self) -> pyvisa.ResourceManager:
@@ -83,38 +107,96 @@ class Station:
         return prober, tester
 
     def _connect(self) -> None:
+        """Open fresh sessions and wrap them; checks the tester's array size is stable."""
         inst = self.config.instruments
         prober_name, tester_name = self._resource_names()
+        opened: list[Any] = []
         try:
-            prober_res = self.rm.open_resource(prober_name)
-            tester_res = self.rm.open_resource(tester_name)
-        except pyvisa.errors.VisaIOError as err:
-            raise StationError(f"cannot open instrument: {err.description} "
+            for name, timeout_s in ((prober_name, inst.prober.timeout_s),
+                                    (tester_name, inst.tester.timeout_s)):
+                res = self.rm.open_resource(name)
+                opened.append(res)
+                if not all(hasattr(res, a) for a in ("write_raw", "read_raw")):
+                    raise ValueError(f"{name!r} is not a message-based instrument")
+                res.timeout = timeout_s * 1000
+        except (pyvisa.errors.Error, ValueError, OSError) as err:
+            for res in opened:
+                _quietly(res.close)
+            detail = getattr(err, "description", None) or str(err)
+            raise StationError(f"cannot open instrument: {detail} "
                                f"(prober {prober_name!r}, tester {tester_name!r})") from err
-        prober_res.timeout = inst.prober.timeout_s * 1000
-        tester_res.timeout = inst.tester.timeout_s * 1000
-        self.prober = VeloxProber(prober_res)
-        self.tester = CrossbarTester(tester_res, guard=self.policy.check)
+        self.prober = VeloxProber(opened[0])
+        try:
+            self.tester = CrossbarTester(opened[1], guard=self.policy.check)
+            # The size is read once and cached by the driver: a garbled reply must not stick.
+            again = self.tester.query("ARR:SIZE?")
+            try:
+                shape = tuple(int(x) for x in again.split(","))
+            except ValueError:
+                raise ReplyError(self.tester.name, "ARR:SIZE?", again, "not 'rows,cols'") from None
+        except Exception:
+            _quietly(opened[1].close)
+            raise
+        if shape != self.tester.shape or (self._shape and shape != self._shape):
+            raise ReplyError(self.tester.name, "ARR:SIZE?", again,
+                             f"array size disagrees with {self._shape or self.tester.shape}")
+        self._shape = self.tester.shape
 
-    def _verify_identity(self) -> dict[str, str]:
-        return {"prober": self.prober.identity(), "tester": self.tester.identity()}
+    def _read_identities(self) -> dict[str, str]:
+        """Both *IDN? replies, each read twice: a garbled reply must not pass for an identity."""
+        first = {"prober": self.prober.identity(), "tester": self.tester.identity()}
+        second = {"prober": self.prober.identity(), "tester": self.tester.identity()}
+        if first != second:
+            raise ReplyError("station", "*IDN?", f"{first} then {second}",
+                             "identity replies disagree")
+        for name, idn in first.items():
+            if not idn.strip():
+                raise ReplyError(name, "*IDN?", idn, "no identity: is an instrument there?")
+        if _VELOX_CODE.match(first["prober"]):  # a status reply, e.g. '710: Prober fault.'
+            parse_velox_reply(first["prober"], "*IDN?", self.prober.name)
+            raise ReplyError(self.prober.name, "*IDN?", first["prober"], "not an identity")
+        return first
+
+    def _close_drivers(self) -> None:
+        for name in ("prober", "tester"):
+            drv = getattr(self, name, None)
+            if drv is not None:
+                _quietly(drv.close)
 
     def reconnect(self) -> None:
-        """Reopen both sessions, check they are the same instruments, restore position."""
+        """Reopen both sessions, check they are the same instruments, restore the settings
+        (the current write amplitude included) and the die in contact."""
         self.recoveries += 1
-        for drv in (self.prober, self.tester):
-            try:
-                drv.close()
-            except (DriverError, pyvisa.errors.Error, OSError):
-                pass
+        self._close_drivers()
         self._connect()
-        identities = self._verify_identity()
+        identities = self._steady(self._read_identities)
+        for _ in range(self.config.retry.max_attempts - 1):  # a fault that repeats itself
+            if identities == self.identities:
+                break
+            identities = self._steady(self._read_identities)
         if identities != self.identities:
             raise StationError(f"instrument identity changed after reconnect: "
                                f"{self.identities} -> {identities}")
-        self.configure()
+        self._steady(self.tester.clear)  # errors queued by the failed exchange are stale now
+        self._steady(lambda: self.configure(self._pulse_v))
         if self._die is not None:
-            self._place(self._die)
+            die = self._die
+            self._steady(lambda: self._place(die))
+
+    def _steady(self, op: Callable[[], T]) -> T:
+        """One idempotent step of a reconnect, repeated on the open sessions after a timeout,
+        garbled reply or spurious error; a lost connection restarts the whole reconnect."""
+        attempts = self.config.retry.max_attempts
+        for attempt in range(attempts):
+            try:
+                return op()
+            except ConnectionLost:
+                raise
+            except Exception as err:
+                if not is_transient(err) or attempt + 1 == attempts:
+                    raise
+                log.info("reconnect step failed (%s); repeating it", err)
+        raise AssertionError("unreachable")
 
     def retry(self, what: str, op: Callable[[], T]) -> T:
         """Run an idempotent operation, reconnecting between bounded attempts."""
@@ -131,49 +213,77 @@ class Station:
                 if attempt + 1 == attempts:
                     break
                 time.sleep(self.config.retry.backoff_s)
-                self._recover(what)
+                self.recover(what)
         raise StationError(f"{what}: gave up after {attempts} attempts: {last}") from last
 
-    def _recover(self, what: str) -> None:
-        for _ in range(self.config.retry.max_attempts):
+    def recover(self, what: str) -> None:
+        """Reconnect after a transient fault, with bounded attempts; StationError if none
+        succeeds. Non-transient errors (e.g. a changed identity) propagate at once."""
+        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
+        for attempt in range(attempts):
             try:
                 self.reconnect()
                 return
             except Exception as err:
                 if not is_transient(err):
                     raise
-                log.warning("%s: reconnect failed: %s", what, err)
-        raise StationError(f"{what}: could not reconnect to the instruments")
+                log.warning("%s: reconnect %d/%d failed: %s", what, attempt + 1, attempts, err)
+                time.sleep(self.config.retry.backoff_s)
+        raise StationError(f"{what}: could not reconnect to the instruments "
+                           f"({attempts} attempts)")
 
     # ---- settings ----------------------------------------------------------------------
     def configure(self, pulse_v: float | None = None) -> None:
-        """Reset the tester's settings to the station file's (all policy-checked)."""
+        """Reset the tester's settings to the station file's (all policy-checked); the write
+        amplitude to `pulse_v` if given."""
         m = self.config.measurement
         t = self.tester
+        amplitude = m.pulse_v if pulse_v is None else pulse_v
         t.output_enabled = False
         t.read_voltage_v = m.read_voltage_v
         t.compliance_a = m.compliance_a
         t.pulse_width_s = m.pulse_width_s
-        t.pulse_amplitude_v = m.pulse_v if pulse_v is None else pulse_v
+        t.pulse_amplitude_v = amplitude
+        self._pulse_v = amplitude
         if self._die is not None:
             t.output_enabled = True
 
     def set_pulse(self, amplitude_v: float) -> None:
-        """Change the write amplitude (the driver's guard enforces the safety limit)."""
-        self.retry("set pulse amplitude",
-                   lambda: setattr(self.tester, "pulse_amplitude_v", amplitude_v))
+        """Change the write amplitude (the driver's guard enforces the safety limit); kept
+        across reconnects."""
+
+        def apply() -> None:
+            self.tester.pulse_amplitude_v = amplitude_v
+            self._pulse_v = amplitude_v
+
+        self.retry("set pulse amplitude", apply)
 
     def snapshot(self) -> dict[str, Any]:
-        """Identities and tester settings, stored with each run."""
-        return {"identities": self.identities, "tester": self.tester.snapshot(),
-                "safety": self.config.safety.model_dump()}
+        """Identities and tester settings, stored with each run.
+
+        Each setting is read on its own (retried), and the whole set is read until two passes
+        agree, so neither a fault nor a garbled but parseable reply ends up in the store.
+        """
+        controls = self.tester.controls()
+        previous: dict[str, Any] | None = None
+        for _ in range(self.config.retry.max_attempts * RECONNECT_FACTOR):
+            values = {name: self.retry(f"read {name}",
+                                       lambda name=name: getattr(self.tester, name))
+                      for name in controls}
+            if values == previous:
+                tester = {n: {"value": v, **controls[n].describe()} for n, v in values.items()}
+                return {"identities": self.identities, "tester": tester,
+                        "safety": self.config.safety.model_dump()}
+            previous = values
+        raise StationError("snapshot: two reads of the tester settings never agreed")
 
     # ---- positioning -------------------------------------------------------------------
     def wafer_map(self) -> list[DieIndex]:
-        return self.retry("read wafer map", self.prober.wafer_map)
+        return self.retry("read wafer map", lambda: self.prober.wafer_map())
 
     def _place(self, die: DieIndex) -> None:
-        """Idempotently bring `die` into contact with the output on."""
+        """Idempotently bring `die` into contact with the output on; the position is read
+        back before the output goes on."""
         if self.prober.in_contact() and self.prober.position() == die:
             self.tester.output_enabled = True
             return
@@ -181,6 +291,10 @@ class Station:
         self.prober.separate()
         self.prober.goto_die(die)
         self.prober.contact()
+        where = self.prober.position()
+        if where != die:
+            raise ReplyError(self.prober.name, "ReadChuckIndex", where,
+                             f"expected die {die} after stepping")
         self.tester.output_enabled = True
 
     @contextmanager
@@ -202,30 +316,41 @@ class Station:
         self.prober.separate()
 
     def safe_state(self) -> None:
-        """Best effort, never raising: output off and chuck separated."""
+        """Best effort, never raising: output off and chuck separated, reopening the sessions
+        (without re-contacting any die) as often as recovery would."""
+        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
         for action in (lambda: setattr(self.tester, "output_enabled", False),
-                       self.prober.separate):
-            for _ in range(2):
+                       lambda: self.prober.separate()):
+            for attempt in range(attempts):
                 try:
                     action()
                     break
                 except Exception as err:
-                    log.warning("safe state: %s; reconnecting", err)
+                    log.warning("safe state: %s; reopening the sessions", err)
+                    if attempt + 1 == attempts:
+                        log.error("safe state not confirmed after %d attempts", attempts)
+                        break
+                    self._close_drivers()
                     try:
                         self._connect()
                     except Exception as err2:
                         log.error("safe state: reconnect failed: %s", err2)
 
     def close(self) -> None:
+        """Safe state, then release the sessions."""
         self.safe_state()
-        for drv in (self.prober, self.tester):
-            try:
-                drv.close()
-            except Exception:
-                pass
+        self._close_drivers()
 
     def __enter__(self) -> Station:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    """Run a clean-up action, ignoring any failure (the session may be gone already)."""
+    try:
+        action()
+    except Exception as err:
+        log.debug("ignored during clean-up: %s", err)

@@ -155,14 +155,22 @@ class RunStore:
             raise self._explain(err) from err
         try:
             yield self.db
+        except sqlite3.DatabaseError as err:  # e.g. disk full during an INSERT
+            self._rollback()
+            raise self._explain(err) from err
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         try:
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as err:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise self._explain(err) from err
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is still open (SQLite ends some on its own errors)."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def close(self) -> None:
         self.db.close()
@@ -263,7 +271,11 @@ class RunStore:
                               (run_id, die, name)).fetchone()
         if row is None:
             raise StoreError(f"{self.path}: run {run_id} has no array {name!r} for die {die}")
-        return array_from_bytes(row[0])
+        try:
+            return array_from_bytes(row[0])
+        except (ValueError, OSError, EOFError) as err:  # what np.load raises on bad bytes
+            raise StoreError(f"{self.path}: run {run_id}: array {name!r} of die {die} is "
+                             f"corrupted ({err})") from err
 
     def record(self, run_id: int, die: str, name: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT json FROM records WHERE run_id=? AND die=? AND name=?",

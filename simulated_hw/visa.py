@@ -24,7 +24,7 @@ from pyvisa_sim.devices import Device
 from pyvisa_sim.highlevel import SimVisaLibrary
 
 from .config import WaferConfig
-from .faults import FaultInjector
+from .faults import PROBER_KINDS, TESTER_KINDS, FaultInjector
 from .physics import SimulatedWafer
 from .prober_model import ProberModel
 from .tester_model import ScpiError, TesterModel
@@ -33,6 +33,7 @@ YAML_PATH = Path(__file__).with_name("instruments.yaml")
 PROBER_RESOURCE = "TCPIP0::prober.sim::inst0::INSTR"
 TESTER_RESOURCE = "TCPIP0::xbar.sim::inst0::INSTR"
 ERROR_QUEUE_DEPTH = 32
+PROBER_FAULT_REPLY = b"710: Prober fault."
 
 Handler = Callable[[str, bytes], bytes | None]
 
@@ -69,14 +70,17 @@ class ModelDevice(Device):
             data = bytes(self._input_buffer)
             self._input_buffer = bytearray()
         message = data[: -len(self._query_eom)]
-        fault = self.faults.draw(message) if self.faults else None
-        if fault == "drop":
+        fault = self._draw_fault(message)
+        if fault == "drop":  # lost before it arrived; every operation fails until reopened
             self.dropped = True
             raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
-        if fault == "scpi_error" and self.scpi:
+        if fault == "scpi_error":  # refused, not executed; a query gets an empty reply
             self.push_error("device_error")
             if message.split(b" ", 1)[0].endswith(b"?"):
                 self._output_buffers.append(self._response_eom)
+            return
+        if fault == "prober_error":  # refused, not executed
+            self._output_buffers.append(PROBER_FAULT_REPLY + self._response_eom)
             return
         self.received.append(message[:200])
         response = self._respond(message)
@@ -87,6 +91,12 @@ class ModelDevice(Device):
         if fault == "garble":
             response = self.faults.garble(response)  # type: ignore[union-attr]
         self._output_buffers.append(response + self._response_eom)
+
+    def _draw_fault(self, message: bytes) -> str | None:
+        """This message's injected fault, limited to the kinds this instrument can show."""
+        if self.faults is None:
+            return None
+        return self.faults.draw(message, TESTER_KINDS if self.scpi else PROBER_KINDS)
 
     def read(self) -> tuple[bytes, bool]:
         """The whole pending reply at once (pyvisa-sim returns one byte per call)."""

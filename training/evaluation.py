@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mapping import ArrayCells, ArrayLayout, LayerCells, stack_layer_cells
+from .mapping import ArrayCells, ArrayLayout, LayerCells, SparseLayerDeviation, stack_layer_cells
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
 
@@ -105,6 +105,62 @@ def _sparse_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
 
 
 @torch.no_grad()
+def _deviation_errors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      devs: Sequence[SparseLayerDeviation], net_config: NetworkConfig
+                      ) -> np.ndarray:
+    """Error (percent) per die of shared two-layer weights: the ideal products are computed
+    once; per die only the hidden neurons that carry a defect are recomputed (a sparse matmul),
+    the hidden activations that flip are scattered into the die's scores, and output-layer
+    defects add their row's activation. No dense (dies, samples, hidden) tensor is built.
+    """
+    d1, d2 = devs
+    n_dies, n, hid = d1.n, x.shape[0], d1.n_out
+    w1, w2 = (torch.as_tensor(w, dtype=torch.float32) for w in weights)
+    w1, w2 = (w[0] if w.ndim == 3 else w for w in (w1, w2))
+    s1, s2 = (w1 > 0).float(), (w2 > 0).float()
+    xt = x.T.contiguous()  # (n_in, N)
+    wt2 = (2 * s2 - 1).T.contiguous()  # (C_phys, H)
+    z1 = (2 * s1 - 1).T @ xt  # (H, N) ideal
+    h1 = z1 > 0
+    c_phys = wt2.shape[0]
+    scores = (h1.T.float() @ wt2.T).expand(n_dies, -1, -1).contiguous()  # (D, N, C_phys)
+    # layer 1: neurons (die, j) with defects, recomputed from the ideal plus a sparse product
+    key1 = d1.die * hid + d1.col
+    keys, inv = torch.unique(key1, return_inverse=True)  # sorted
+    h_aff = None
+    if keys.numel():
+        delta = d1.da + s1[d1.row, d1.col] * d1.db
+        corr = torch.sparse.mm(torch.sparse_coo_tensor(torch.stack([inv, d1.row]), delta,
+                                                       (keys.numel(), xt.shape[0]),
+                                                       check_invariants=False), xt)
+        jj = keys % hid
+        h_aff = corr.add_(z1.index_select(0, jj)) > 0  # (U, N)
+        fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
+        if fu.numel():
+            # flipped activations as a sparse (D*N, H) matrix of +-1 times W2
+            sign = h_aff[fu, fn].float() * 2 - 1
+            flips = torch.sparse_coo_tensor(torch.stack([(keys[fu] // hid) * n + fn, jj[fu]]),
+                                            sign, (n_dies * n, hid), check_invariants=False)
+            scores.view(n_dies * n, c_phys).add_(torch.sparse.mm(flips, wt2.T.contiguous()))
+    # layer 2: each defect adds (da + s db) x its row's (per-die) activation
+    if d2.die.numel():
+        src = h1.index_select(0, d2.row).float()  # (nnz2, N)
+        if h_aff is not None:
+            key2 = d2.die * hid + d2.row
+            pos = torch.searchsorted(keys, key2).clamp(max=keys.numel() - 1)
+            hit = keys[pos] == key2
+            src[hit] = h_aff[pos[hit]].float()
+        delta2 = d2.da + s2[d2.row, d2.col] * d2.db
+        extra = torch.zeros(n_dies * c_phys, n).index_add_(0, d2.die * c_phys + d2.col,
+                                                         src * delta2[:, None])
+        scores.add_(extra.view(n_dies, c_phys, n).transpose(1, 2))
+    cls = combine_copies(scores, net_config.output_copies,
+                         net_config.copy_combine)  # (D, N, C)
+    wrong = (cls.argmax(dim=-1) != y).sum(dim=-1)
+    return (100.0 * wrong.double() / n).numpy()
+
+
+@torch.no_grad()
 def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                 net_config: NetworkConfig, cells: Sequence[LayerCells] | None = None,
                 chunk: int = 4096, sparse_max_density: float = 0.05) -> np.ndarray:
@@ -144,7 +200,13 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
 
     layout: one layout for all dies, or one per die (defect-aware placement).
     """
+    shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
+                 for w in weights)
     if isinstance(layout, ArrayLayout):
+        devs = (layout.sparse_deviations(cells) if shared and len(weights) == 2
+                else None)
+        if devs is not None:
+            return DieErrors(_deviation_errors(weights, x, y, devs, net_config), baseline_pct)
         layer_cells = layout.layer_cells(cells)
     else:
         if len(layout) != cells.n:

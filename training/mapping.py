@@ -447,6 +447,44 @@ class ArrayLayout:
             out.append(LayerCells(a.view(shape), b.view(shape)))
         return out
 
+    def sparse_deviations(self, cells: ArrayCells, max_density: float = 0.05
+                          ) -> list[SparseLayerDeviation] | None:
+        """Per layer, the cells whose conductances differ from nominal, as additive (a, b)
+        corrections: a = -1 + da, b = 2 + db at (die, input, output). None when more than
+        `max_density` of the array's cells deviate (e.g. per-device variation): use
+        `layer_cells` then. Cost grows with the number of defects, not of cells per die."""
+        if cells.shape != (self.rows, self.cols):
+            raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
+                             f"{self.cols} layout")
+        dev = self.device
+        n = cells.n
+        gp = cells.g_p.reshape(n, -1)
+        gap = cells.g_ap.reshape(n, -1)
+        tol = 1e-4 * dev.unit_s
+        off = ((gp - dev.g_p_s).abs() > tol) | ((gap - dev.g_ap_s).abs() > tol)
+        if float(off.float().mean()) > max_density:
+            return None
+        die, flat = off.nonzero(as_tuple=True)
+        layer_of, pos_of, side_of = self.cell_lookup()
+        layer, pos, side = layer_of[flat], pos_of[flat], side_of[flat]
+        g_p, g_ap = gp[die, flat], gap[die, flat]
+        # plus device: a = g_ap(plus) - G_P(minus), b gains g_p - g_ap of the plus device
+        # minus device: a = G_AP(plus) - g_p(minus), b gains g_p - g_ap of the minus device
+        da = torch.where(side > 0, g_ap - dev.g_ap_s, dev.g_p_s - g_p) / dev.unit_s
+        db = ((g_p - g_ap) - dev.unit_s) / dev.unit_s
+        out = []
+        for i, lp in enumerate(self.layers):
+            sel = layer == i
+            key = die[sel] * (lp.n_in * lp.n_out) + pos[sel]
+            uniq, inv = torch.unique(key, return_inverse=True)
+            sda = torch.zeros(uniq.numel()).index_add_(0, inv, da[sel] / lp.replicas)
+            sdb = torch.zeros(uniq.numel()).index_add_(0, inv, db[sel] / lp.replicas)
+            size = lp.n_in * lp.n_out
+            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, uniq // size,
+                                            (uniq % size) // lp.n_out, uniq % lp.n_out,
+                                            sda, sdb))
+        return out
+
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
         """Per-layer conductances (weight units) of D arrays with this layout."""
         if cells.shape != (self.rows, self.cols):
@@ -469,6 +507,21 @@ class LayerCells:
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
+
+
+@dataclass(frozen=True)
+class SparseLayerDeviation:
+    """A layer's deviations from the ideal array on D dies: at (die, input, output), the layer
+    sees a = -1 + da and b = 2 + db (weight units); everywhere else the ideal a = -1, b = 2."""
+
+    n: int
+    n_in: int
+    n_out: int
+    die: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    da: torch.Tensor
+    db: torch.Tensor
 
 
 def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float) -> LayerCells:

@@ -1,14 +1,22 @@
 """Defect-aware placement: the same weights placed differently on each die, no retraining.
 
-Hidden neurons are interchangeable, and which column pairs carry which layer is free, so for a
-two-layer network and one die's measured conductances we choose:
-1. the column pairs of the output layer: the pairs with the least defect severity (a shorted
-   output column would bias its class whenever the row is on);
-2. the column pair of each hidden neuron in layer 1 (linear assignment on the fraction of
-   samples whose hidden activation a pair's defects flip);
-3. the rows of each hidden neuron in the output layer, spare rows included (linear assignment
-   on the misclassifications each (neuron, row) combination adds, from a data sample).
-Each step is a `scipy.optimize.linear_sum_assignment`; costs assume defects act independently.
+The station drives rows from software, so which array row carries which input, which column pair
+carries which neuron and which rows carry which hidden neuron in the next layer are free per die.
+A short only injects current when its row is driven, and a row that is never driven (or driven
+by a pixel that is almost always off) costs nothing. For a two-layer network and one die's
+measured conductances we choose:
+1. the output layer's column pairs: the cleanest pairs of the array (least summed deviation from
+   nominal; a shorted output column biases its class whenever its row is on);
+2. layer 1's input -> row wiring: pixels sorted by how often they are on go to rows sorted by
+   how much defect they carry in the hidden columns (rearrangement: the least active pixels,
+   e.g. MNIST's empty border, take the worst rows; with fewer inputs than rows the worst rows are
+   never driven);
+3. each hidden neuron's layer-1 column pair, spare pairs included (linear assignment on the
+   fraction of samples whose activation the pair's defects flip, given the row wiring); steps 2
+   and 3 alternate for `rounds` rounds;
+4. each hidden neuron's row(s) in the output layer, spare rows included (linear assignment on
+   the misclassifications each (neuron, row) combination adds, from a data sample).
+Costs assume defects act independently; `scipy.optimize.linear_sum_assignment` solves 3 and 4.
 """
 
 from __future__ import annotations
@@ -17,18 +25,36 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 from .mapping import ArrayCells, ArrayLayout, LayerPlacement, extract_layer
 from .network import NetworkConfig, combine_copies
 
 
+class PlacementConfig(BaseModel):
+    """Options of defect-aware placement (each lever can be switched off for ablations)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clean_output_pairs: bool = Field(True, description="output layer on the cleanest pairs")
+    permute_inputs: bool = Field(True, description="per-die pixel -> row wiring of layer 1")
+    assign_hidden_pairs: bool = Field(True, description="hidden neuron -> pair assignment")
+    assign_output_rows: bool = Field(True, description="hidden neuron -> output-layer rows")
+    rounds: int = Field(2, ge=1, description="alternations of input rows and hidden pairs")
+    max_samples: int = Field(1000, ge=10, description="data samples used for the costs")
+
+
+def _cell_deviation(cells: ArrayCells, layout: ArrayLayout) -> torch.Tensor:
+    """(rows, cols) summed |deviation| of a cell's P and AP conductance from nominal, units."""
+    dev = layout.device
+    gp, gap = cells.g_p[0], cells.g_ap[0]
+    return ((gp - dev.g_p_s).abs() + (gap - dev.g_ap_s).abs()) / dev.unit_s
+
+
 def _pair_severity(cells: ArrayCells, layout: ArrayLayout) -> np.ndarray:
     """Per column pair (2q, 2q+1): summed deviation from nominal, weight units."""
-    dev = layout.device
-    gp = cells.g_p[0] / dev.unit_s
-    gap = cells.g_ap[0] / dev.unit_s
-    sev = ((gp - dev.g_p_s / dev.unit_s).abs() + (gap - dev.g_ap_s / dev.unit_s).abs()).sum(0)
+    sev = _cell_deviation(cells, layout).sum(0)
     return (sev[0::2] + sev[1::2]).numpy()
 
 
@@ -37,16 +63,45 @@ def _as_single(w: torch.Tensor) -> torch.Tensor:
     return w[0] if w.ndim == 3 else w
 
 
+def _input_rows(activity: np.ndarray, row_cost: np.ndarray, n_rows: int) -> np.ndarray:
+    """Row of each input: most active input on the cleanest row (ties keep index order)."""
+    by_activity = np.argsort(-activity, kind="stable")
+    by_cost = np.argsort(row_cost, kind="stable")[:activity.size]
+    rows = np.empty(activity.size, dtype=np.int64)
+    rows[by_activity] = by_cost
+    assert rows.max() < n_rows
+    return rows
+
+
+def _hidden_pairs(x: torch.Tensor, s1: torch.Tensor, cells: ArrayCells, layout: ArrayLayout,
+                  rows: np.ndarray, free_pairs: np.ndarray, h_ideal: torch.Tensor) -> np.ndarray:
+    """Pair of each hidden neuron: linear assignment on the fraction of flipped activations."""
+    cand = LayerPlacement(rows, 2 * free_pairs, 2 * free_pairs + 1)
+    lc = extract_layer(cells, cand, layout.device.unit_s)
+    a, b = lc.a[0], lc.b[0]  # (n_in, Q)
+    za = x @ a  # (N, Q)
+    zb = torch.einsum("nr,rj,rq->njq", x, s1, b)  # (N, H, Q)
+    flips = ((za[:, None, :] + zb > 0) != h_ideal[:, :, None]).float().mean(0).numpy()
+    jj, qq = linear_sum_assignment(flips)
+    out = np.empty(s1.shape[1], dtype=np.int64)
+    out[jj] = free_pairs[qq]
+    return out
+
+
 @torch.no_grad()
 def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayout,
           x: torch.Tensor, y: torch.Tensor, net_config: NetworkConfig,
-          max_samples: int = 1000) -> ArrayLayout:
+          max_samples: int | None = None, config: PlacementConfig | None = None) -> ArrayLayout:
     """A layout for one die (cells: its conductances, D = 1) that keeps defects out of harm's way.
 
     weights: the shared binary weights (n_in, n_out) per layer; x, y: a data sample (e.g. the
-    training set) used to estimate how often each neuron fires and what a defect costs.
-    Column pairs are (2q, 2q+1) of the array. Only two-layer networks are supported.
+    training set) used to estimate how often each input and neuron is on and what a defect costs.
+    Column pairs are (2q, 2q+1) of the array; layer 1 uses one row per input. Only two-layer
+    networks are supported. Deterministic for given inputs.
     """
+    config = config or PlacementConfig()
+    if max_samples is not None:
+        config = config.model_copy(update={"max_samples": max_samples})
     if len(layout.layers) != 2:
         raise NotImplementedError("placement is implemented for two-layer networks")
     if cells.n != 1:
@@ -58,44 +113,55 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
         raise ValueError("placement pairs columns (2q, 2q+1): the array needs an even width")
     w1, w2 = (_as_single(w) for w in weights)
     l1, l2 = layout.layers
-    n_hidden, n_out = l1.n_out, l2.n_out
+    if l1.replicas != 1:
+        raise NotImplementedError("placement needs one row per input in layer 1")
+    n_in, n_hidden, n_out = l1.n_in, l1.n_out, l2.n_out
     rep2 = l2.replicas
-    x, y = x[:max_samples], y[:max_samples]
+    x, y = x[:config.max_samples], y[:config.max_samples]
     n_pairs = layout.cols // 2
     if n_hidden + n_out > n_pairs:
         raise ValueError(f"{n_hidden} hidden + {n_out} output pairs exceed {n_pairs} pairs")
-    if n_hidden * rep2 > layout.rows:
-        raise ValueError("output layer needs more rows than the array has")
+    if n_hidden * rep2 > layout.rows or n_in > layout.rows:
+        raise ValueError("the network needs more rows than the array has")
+    deviation = _cell_deviation(cells, layout).numpy()  # (rows, cols)
 
-    # 1. output pairs: the cleanest ones
-    severity = _pair_severity(cells, layout)
-    order = np.argsort(severity, kind="stable")
-    out_pairs = np.sort(order[:n_out])
+    # 1. output pairs: the cleanest ones (or where the template put them)
+    fixed_hidden = None if config.assign_hidden_pairs else l1.plus_cols // 2
+    if config.clean_output_pairs:
+        severity = _pair_severity(cells, layout)
+        if fixed_hidden is not None:
+            severity[fixed_hidden] = np.inf
+        out_pairs = np.sort(np.argsort(severity, kind="stable")[:n_out])
+    else:
+        out_pairs = l2.plus_cols // 2
     free_pairs = np.setdiff1d(np.arange(n_pairs), out_pairs)
 
-    # 2. hidden neuron j -> column pair q in layer 1: cost = fraction of flipped activations
-    cand = LayerPlacement(l1.rows, 2 * free_pairs, 2 * free_pairs + 1)
-    lc = extract_layer(cells, cand, layout.device.unit_s)  # a, b: (1, n_in, Q)
+    # 2./3. layer-1 input rows and hidden pairs, alternating
     s1 = (w1 > 0).float()  # (n_in, H)
-    z_ideal = x @ (2 * s1 - 1)  # (N, H)
-    h_ideal = z_ideal > 0
-    a, b = lc.a[0], lc.b[0]  # (n_in, Q)
-    # z for neuron j at pair q: x @ (a[:, q] + s1[:, j] * b[:, q])
-    za = x @ a  # (N, Q)
-    zb = torch.einsum("nr,rj,rq->njq", x, s1, b)  # (N, H, Q)
-    z = za[:, None, :] + zb
-    flips = ((z > 0) != h_ideal[:, :, None]).float().mean(0).numpy()  # (H, Q)
-    rows_j, cols_q = linear_sum_assignment(flips)
-    hidden_pair = np.empty(n_hidden, dtype=np.int64)
-    hidden_pair[rows_j] = free_pairs[cols_q]
-    new_l1 = LayerPlacement(l1.rows, 2 * hidden_pair, 2 * hidden_pair + 1)
+    h_ideal = x @ (2 * s1 - 1) > 0  # (N, H)
+    activity = x.mean(0).numpy()
+    rows = l1.rows[:, 0].copy()
+    hidden_pair = fixed_hidden
+    for _ in range(config.rounds):
+        if config.permute_inputs:
+            used = (free_pairs if hidden_pair is None else hidden_pair)
+            cols = np.concatenate([2 * used, 2 * used + 1])
+            rows = _input_rows(activity, deviation[:, cols].sum(1), layout.rows)
+        if config.assign_hidden_pairs:
+            hidden_pair = _hidden_pairs(x, s1, cells, layout, rows, free_pairs, h_ideal)
+        if not config.permute_inputs:
+            break
+    assert hidden_pair is not None
+    new_l1 = LayerPlacement(rows, 2 * hidden_pair, 2 * hidden_pair + 1)
 
     # actual hidden activations on this die with that placement
     lc1 = extract_layer(cells, new_l1, layout.device.unit_s)
     h = (x @ (lc1.a[0] + s1 * lc1.b[0]) > 0).float()  # (N, H)
 
-    # 3. hidden neuron j -> output rows: cost = added misclassifications
+    # 4. hidden neuron j -> output rows: cost = added misclassifications
     out_plus, out_minus = 2 * out_pairs, 2 * out_pairs + 1
+    if not config.assign_output_rows:
+        return layout.with_layers((new_l1, LayerPlacement(l2.rows, out_plus, out_minus)))
     all_rows = LayerPlacement(np.arange(layout.rows), out_plus, out_minus)
     lc2 = extract_layer(cells, all_rows, layout.device.unit_s)  # per single row
     a2, b2 = lc2.a[0] / rep2, lc2.b[0] / rep2  # (R, n_out): per-row share of one replica
@@ -128,7 +194,8 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
 
 def place_all(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayout,
               x: torch.Tensor, y: torch.Tensor, net_config: NetworkConfig,
-              max_samples: int = 1000) -> list[ArrayLayout]:
+              max_samples: int | None = None,
+              config: PlacementConfig | None = None) -> list[ArrayLayout]:
     """One placement per die of `cells` (D dies)."""
-    return [place(weights, cells[i], layout, x, y, net_config, max_samples)
+    return [place(weights, cells[i], layout, x, y, net_config, max_samples, config)
             for i in range(cells.n)]

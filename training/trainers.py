@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .datasets import BinaryData
 from .defects import DefectStatistics
-from .mapping import ArrayCells, ArrayLayout, LayerCells
+from .mapping import ArrayCells, ArrayLayout, LayerCells, stack_layer_cells
 from .network import BinaryNetwork, NetworkConfig
 
 
@@ -142,18 +142,24 @@ def train_baseline(data: BinaryData, net_config: NetworkConfig | None = None,
     return fit(net, data, config or TrainConfig(), seed)
 
 
-def train_hat(data: BinaryData, layout: ArrayLayout, cells: ArrayCells,
+def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells,
               net_config: NetworkConfig | None = None, config: TrainConfig | None = None,
               seed: int = 0, init: Sequence[torch.Tensor] | None = None) -> TrainResult:
     """Hardware-aware training for D dies at once (one weight set per die, one batched model).
 
     cells: the dies' conductances (D, rows, cols), e.g. `cells_from_defect_maps(maps, device)`.
+    layout: one layout for all dies, or one per die (e.g. from defect-aware placement).
     init: starting binary weights (e.g. the baseline's), broadcast to every die.
     Returns weights of shape (D, n_in, n_out) per layer.
     """
     net_config = net_config or NetworkConfig()
     _check_inputs(data, net_config)
-    layer_cells = layout.layer_cells(cells)
+    if isinstance(layout, ArrayLayout):
+        layer_cells = layout.layer_cells(cells)
+    else:
+        if len(layout) != cells.n:
+            raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
+        layer_cells = stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
     net = _init_net(net_config, cells.n, seed, init)
     return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells)
 

@@ -593,12 +593,15 @@ def test_garbled_replies_differ() -> None:
     rm.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prober_error_rate is drawn but never applied: "
-                   "ModelDevice.write has no branch for 'prober_error' (no 710 reply)")
 def test_prober_fault_710() -> None:
     rm = faulty(prober_error_rate=1.0)
     prober = open_instrument(rm, PROBER_RESOURCE)
+    tester = open_instrument(rm, TESTER_RESOURCE)
     assert prober.query("StepFirstDie") == "710: Prober fault."
+    assert rm.visalib.prober.position is None  # refused, not executed
+    # A prober fault is the prober's kind only: the tester is not affected.
+    assert tester.query("*IDN?").startswith("mtjlab")
+    assert rm.visalib.devices[PROBER_RESOURCE].faults.counts["prober_error"] == 1
     rm.close()
 
 

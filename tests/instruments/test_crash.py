@@ -1,0 +1,125 @@
+"""Crash safety: Ctrl-C stops at a safe point, SIGKILL at random moments loses nothing.
+
+The ten-kill run and the CLI Ctrl-C run use benchmarks/crash_sweep.py (the real `mtjlab sweep`
+in subprocesses); the in-process tests check the same behaviour in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from instruments.store import RunStore
+from instruments.sweep import StopFlag, SweepInterrupted, run_sweep, stop_on_sigint
+
+from .conftest import REPO
+from .fault_support import (
+    SMALL_WAFER,
+    StationRecorder,
+    assert_safe,
+    reference_kinds,
+    station_config,
+    sweep_kinds,
+)
+
+
+def _crash_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("crash_sweep",
+                                                  REPO / "benchmarks" / "crash_sweep.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("crash_sweep", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ctrl_c_stops_at_the_next_safe_point_and_resumes(tmp_path: Path) -> None:
+    config = station_config(SMALL_WAFER)
+    ref = reference_kinds(config, tmp_path / "ref.sqlite")
+    stop = StopFlag()
+    recorder = StationRecorder()
+
+    def ctrl_c_after_first(die, m):  # type: ignore[no-untyped-def]
+        if m is not None and not stop.requested:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+
+    with RunStore(tmp_path / "run.sqlite") as store:
+        with stop_on_sigint(stop), pytest.raises(SweepInterrupted, match="resume with --resume"):
+            run_sweep(config, store, stop=stop, progress=ctrl_c_after_first,
+                      station_factory=recorder)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert_safe(recorder.stations[0])
+        run_id = store.latest_run()
+        assert store.run_row(run_id)["status"] == "interrupted"
+        assert len(store.dies_done(run_id)) == 1
+        run_sweep(config, store, resume=True)
+        done = store.dies_done(run_id)
+        assert len(done) == len(set(done)) == 4
+        got = sweep_kinds(store, run_id)
+        assert all(np.array_equal(got[d], ref[d]) for d in ref)
+
+
+def test_second_ctrl_c_interrupts_at_once_but_still_safely(tmp_path: Path) -> None:
+    config = station_config(SMALL_WAFER)
+    stop = StopFlag()
+    recorder = StationRecorder()
+    calls: list[int] = []
+
+    def two_ctrl_c(die, m):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with RunStore(tmp_path / "run.sqlite") as store:
+        with stop_on_sigint(stop), pytest.raises(KeyboardInterrupt):
+            run_sweep(config, store, stop=stop, progress=two_ctrl_c, station_factory=recorder)
+        assert_safe(recorder.stations[0])
+        run_id = store.latest_run()
+        assert store.run_row(run_id)["status"] == "failed"
+        assert len(store.dies_done(run_id)) == 1  # committed before the progress call
+        run_sweep(config, store, resume=True)
+        assert len(set(store.dies_done(run_id))) == 4
+
+
+def test_compare_flags_lost_and_duplicated_dies() -> None:
+    """The crash script's comparison is not vacuous."""
+    crash = _crash_script()
+    kinds = np.zeros((2, 2), np.int8)
+    ref = crash.StoreContent([(1, "finished")], ["0,0", "1,0"], {"0,0": kinds, "1,0": kinds})
+    same = crash.StoreContent([(1, "finished")], ["1,0", "0,0"], {"0,0": kinds, "1,0": kinds})
+    assert crash.compare(ref, same).identical
+    lost = crash.StoreContent([(1, "finished")], ["0,0"], {"0,0": kinds})
+    assert not crash.compare(ref, lost).identical
+    dup = crash.StoreContent([(1, "finished")], ["0,0", "1,0", "0,0"],
+                             {"0,0": kinds, "1,0": kinds})
+    assert "more than once" in crash.compare(ref, dup).problems[0]
+    changed = crash.StoreContent([(1, "finished")], ["0,0", "1,0"],
+                                 {"0,0": kinds, "1,0": kinds + 1})
+    assert not crash.compare(ref, changed).identical
+
+
+@pytest.mark.slow
+def test_ten_sigkills_each_resumed_give_the_uninterrupted_store(tmp_path: Path) -> None:
+    report = _crash_script().crash_run(tmp_path, kills=10, seed=0)
+    assert report.kills == 10, report.log
+    assert report.comparison.identical, report.comparison.problems
+    assert report.dies == 36
+    # A fresh simulator per process and per-die noise streams: even the raw reads match.
+    assert report.comparison.arrays_identical
+
+
+@pytest.mark.slow
+def test_ctrl_c_through_the_cli_exits_1_at_a_safe_point_and_resumes(tmp_path: Path) -> None:
+    report = _crash_script().sigint_run(tmp_path)
+    assert report.exit_code == 1
+    assert "interrupted: stopped before die" in report.message
+    assert report.status_after_stop == "interrupted" and 1 <= report.dies_at_stop < 36
+    assert report.comparison is not None and report.comparison.identical, report

@@ -1,0 +1,61 @@
+"""`mtjlab serve | submit | jobs | watch` against a live service: output and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruments.service_cli import main
+
+from .service_support import live
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    with live(tmp_path_factory.mktemp("cli")) as (base, _app):
+        yield base
+
+
+def test_submit_wait_and_save(url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m.npz"
+    assert main(["submit", "measure", "--die", "0,1", "--server", url, "--out", str(out)]) == 0
+    assert '"counts"' in capsys.readouterr().out
+    assert np.load(out)["kinds"].shape == (100, 200)
+
+
+def test_submit_then_watch_and_list(url: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["-q", "submit", "sweep", "--server", url]) == 0
+    job_id = int(capsys.readouterr().out.strip())
+    assert main(["watch", str(job_id), "--server", url]) == 0
+    captured = capsys.readouterr()
+    assert "succeeded" in captured.err and '"dies": 4' in captured.out
+    assert main(["jobs", "--server", url]) == 0
+    listing = capsys.readouterr().out
+    assert "sweep" in listing and "succeeded" in listing
+    assert main(["jobs", str(job_id), "--json", "--server", url]) == 0
+    assert f'"id": {job_id}' in capsys.readouterr().out
+
+
+def test_program_from_npy_file(url: str, tmp_path: Path) -> None:
+    path = tmp_path / "t.npy"
+    np.save(path, np.zeros((100, 200), np.uint8))
+    args = ["submit", "program", "--die", "1,1", "--targets", str(path), "--server", url]
+    assert main([*args, "--wait"]) == 0
+    assert main([*args, "--pulse-v", "1.9"]) == 2  # above the safety limit: refused
+
+
+@pytest.mark.parametrize("argv", [
+    ["submit", "measure", "--die", "9,9"],
+    ["submit", "measure", "--die", "x"],
+    ["submit", "measure", "--params", "[1]"],
+    ["jobs", "424242"],
+    ["jobs", "--cancel", "424242"],
+])
+def test_bad_input_exits_2(url: str, argv: list[str]) -> None:
+    assert main([*argv, "--server", url]) == 2
+
+
+def test_unreachable_service_exits_1() -> None:
+    assert main(["jobs", "--server", "http://127.0.0.1:9"]) == 1

@@ -1,0 +1,158 @@
+"""Job life cycle over real HTTP on loopback: submit, progress, result, cancel, resume, refuse."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from instruments.client import Client, RequestRejectedError
+from instruments.job_kinds import encode_array
+from instruments.store import RunStore
+from training.defects import CellDefect
+
+from .service_support import client, live, small_config
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory):
+    with live(tmp_path_factory.mktemp("svc")) as (url, app):
+        yield url, app
+
+
+@pytest.fixture
+def c(service) -> Client:
+    with client(service[0]) as cl:
+        yield cl
+
+
+def test_measure_job_life_cycle(c: Client) -> None:
+    job = c.submit("measure", die=(1, 0))
+    assert job["state"] in ("queued", "running") and job["kind"] == "measure"
+    seen = list(c.events(job["id"], timeout_s=30))
+    states = [v["state"] for v in seen]
+    assert states[-1] == "succeeded" and "running" in states
+    assert [v["version"] for v in seen] == sorted({v["version"] for v in seen})
+    final = c.get(job["id"])
+    assert final["progress"] == {"done": 1, "total": 1, "message": "measuring die 1,0: done"}
+    assert final["attempts"] == 1 and final["run_s"] > 0
+    arrays = c.result(job["id"])
+    assert set(arrays) == {"kinds", "r_p_ohm", "r_ap_ohm"}
+    assert arrays["kinds"].shape == (100, 200) and arrays["kinds"].dtype == np.int8
+    counts = final["summary"]["counts"]
+    assert counts["ok"] == int((arrays["kinds"] == CellDefect.OK).sum())
+    assert job["id"] in [j["id"] for j in c.list(kind="measure")]
+
+
+def test_result_is_npz_bytes(service, c: Client) -> None:
+    job = c.wait(c.submit("measure", die=(0, 1))["id"], timeout_s=30)
+    r = httpx.get(f"{service[0]}/jobs/{job['id']}/result")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/octet-stream"
+    assert r.content[:2] == b"PK"  # a zip archive (.npz), not JSON
+
+
+def test_station_health_and_openapi(service, c: Client) -> None:
+    assert c.health()["status"] == "ok"
+    st = c.station()
+    assert st["wafer_map"] == [[0, 0], [1, 0], [0, 1], [1, 1]]
+    assert st["array_shape"] == [100, 200] and "tester" in st["identities"]
+    assert st["safety"]["max_pulse_v"] == pytest.approx(1.2)
+    paths = httpx.get(f"{service[0]}/openapi.json").json()["paths"]
+    for p in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/result", "/jobs/{job_id}/events",
+              "/health", "/station"):
+        assert p in paths
+
+
+def test_program_then_infer(c: Client) -> None:
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 2, (100, 200)).astype(np.uint8)
+    job, arrays = c.run("program", die=(1, 1), targets=targets, pulse_v=1.0, timeout_s=30)
+    assert job["summary"]["fidelity"] > 0.95
+    assert arrays["readback_ohm"].shape == (100, 200) and arrays["verified"].dtype == bool
+    x = rng.integers(0, 2, (32, 100)).astype(np.uint8)
+    job, arrays = c.run("infer", die=(1, 1), inputs=x, timeout_s=30)
+    assert arrays["predictions"].shape == (32,)
+    assert set(np.unique(arrays["predictions"])) <= set(range(10))
+    assert arrays["currents_0"].shape == (32, 200) and arrays["currents_1"].shape == (32, 200)
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ({"kind": "measure", "die": [7, 7]}, "not on the wafer map"),
+    ({"kind": "program", "die": [0, 0], "targets": encode_array(np.zeros((100, 200), np.uint8)),
+      "pulse_v": 1.4}, "pulse_v = 1.4 exceeds safety.max_pulse_v = 1.2"),
+    ({"kind": "program", "die": [0, 0], "targets": encode_array(np.zeros((10, 20), np.uint8))},
+     "shape (100, 200)"),
+    ({"kind": "program", "die": [0, 0], "targets": encode_array(np.full((100, 200), 5, np.uint8))},
+     "0 (P), 1 (AP) or 2"),
+    ({"kind": "program", "die": [0, 0], "targets": "not base64!"}, "base64"),
+    ({"kind": "program", "die": [0, 0],
+      "targets": base64.b64encode(b"\x93NUMPY garbage").decode()}, ".npy"),
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.full((3, 100), 2, np.uint8))},
+     "binary"),
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 7), np.uint8))},
+     "(n, 100)"),
+    ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
+    ({"kind": "teleport"}, "kind"),
+])
+def test_refused_before_queueing(service, body: dict, needle: str) -> None:
+    before = len(httpx.get(f"{service[0]}/jobs", params={"limit": 1000}).json())
+    r = httpx.post(f"{service[0]}/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert needle in r.text
+    assert len(httpx.get(f"{service[0]}/jobs", params={"limit": 1000}).json()) == before
+
+
+def test_body_too_large_is_413(service) -> None:
+    r = httpx.post(f"{service[0]}/jobs", content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_unknown_job_and_unfinished_result(c: Client) -> None:
+    with pytest.raises(RequestRejectedError) as err:
+        c.get(123456)
+    assert err.value.status == 404
+
+
+def test_cancel_queued_then_run_in_order(tmp_path: Path) -> None:
+    with live(tmp_path, paused=True) as (url, app), client(url) as c:
+        a = c.submit("measure", die=(0, 0))
+        b = c.submit("measure", die=(1, 0))
+        with pytest.raises(RequestRejectedError) as err:
+            c.result(b["id"])
+        assert err.value.status == 409
+        assert c.cancel(b["id"])["state"] == "cancelled"
+        with pytest.raises(RequestRejectedError) as err:
+            c.cancel(b["id"])
+        assert err.value.status == 409
+        app.state.service.worker.set_paused(False)
+        assert c.wait(a["id"], timeout_s=30)["state"] == "succeeded"
+        assert c.get(b["id"])["attempts"] == 0
+
+
+def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
+    with live(tmp_path, config=small_config(6, 6)) as (url, _app), client(url) as c:
+        job = c.submit("sweep")
+        for view in c.events(job["id"], timeout_s=60):
+            if view["progress"]["done"] >= 2 and not view["cancel_requested"]:
+                assert c.cancel(job["id"])["cancel_requested"]
+        stopped = c.get(job["id"])
+        assert stopped["state"] == "cancelled", stopped
+        done = stopped["progress"]["done"]
+        assert 2 <= done < 36
+        run_id = stopped["summary"]["run_id"]
+        again = c.resume(job["id"])
+        assert again["resumed_from"] == job["id"]
+        assert again["params"]["resume_run"] == run_id
+        final = c.wait(again["id"], timeout_s=60)
+        assert final["state"] == "succeeded", final
+        assert final["summary"] == {"run_id": run_id, "dies": 36, "measured_now": 36 - done}
+        with RunStore(tmp_path / "run.sqlite", create=False) as store:
+            dies = store.dies_done(run_id)
+            assert len(dies) == len(set(dies)) == 36
+            assert store.run_row(run_id)["status"] == "finished"
+        assert c.result(again["id"])["kinds"].shape == (36, 100, 200)
