@@ -66,7 +66,7 @@ def via_service(url: str, dies: list[tuple[int, int]], n: int
 
 def start_service(station_file: Path, store: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instruments.service_cli", "serve", "--station",
+        [sys.executable, "-m", "instruments.cli", "serve", "--station",
          str(station_file), "--port", "0", "--store", str(store)],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

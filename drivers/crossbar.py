@@ -74,6 +74,9 @@ class CrossbarTester(SCPIInstrument):
     compliance_a = control(
         "SENS:CURR:COMP?", "SENS:CURR:COMP {:.6g}", "current compliance",
         units="A", validator=in_range(1e-6, 0.1))
+    averages = control(
+        "SENS:AVER:COUN?", "SENS:AVER:COUN {:d}", "readings averaged per read or inference",
+        validator=in_range(1, 1024, integer=True), cast=int)
     output_enabled = control(
         "OUTP?", "OUTP {}", "source output on", validator=boolean, cast=parse_bool,
         encode=on_off)
@@ -87,6 +90,8 @@ class CrossbarTester(SCPIInstrument):
         "SOUR:PULS:WIDT": "pulse_width_s",
         "SENS:CURR:COMP": "compliance_a",
     }
+    #: Settings that change no bias (how replies are formed), passed without a policy check.
+    NEUTRAL_SETTINGS: ClassVar[frozenset[str]] = frozenset({"SENS:AVER:COUN"})
     #: Operations that bias the devices, by header prefix, and the settings each applies.
     BIAS_OPERATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "PROG:": ("pulse_amplitude_v", "pulse_width_s", "compliance_a"),

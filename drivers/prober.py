@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 from drivers.errors import ProberError, ReplyError
-from drivers.transport import Resource, Transport, open_resource
-
-P = TypeVar("P", bound="Prober")
-V = TypeVar("V", bound="VeloxProber")
+from drivers.transport import Closes, Resource, Session, Transport
 
 
 class DieIndex(NamedTuple):
@@ -27,7 +23,7 @@ class DieIndex(NamedTuple):
     row: int
 
 
-class Prober(ABC):
+class Prober(Closes, ABC):
     """The verbs a wafer sweep needs from any probe station."""
 
     @abstractmethod
@@ -74,16 +70,6 @@ class Prober(ABC):
     def close(self) -> None:
         """Release the connection."""
 
-    def __enter__(self: P) -> P:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # -- Velox dialect ----------------------------------------------------------------------------
@@ -110,17 +96,12 @@ def parse_velox_reply(reply: str, command: str, instrument: str = "prober") -> s
     raise ProberError(code, data, command, instrument)
 
 
-class VeloxProber(Prober):
+class VeloxProber(Session, Prober):
     """FormFactor Velox-style prober over a VISA message resource (docs/scpi.md)."""
 
     def __init__(self, resource: Resource, name: str = "prober") -> None:
         self.name = name
         self._transport = Transport(resource, name)
-
-    @classmethod
-    def open(cls: type[V], rm: Any, address: str, *, timeout_s: float = 5.0, **kwargs: Any) -> V:
-        """Open `address` on pyvisa ResourceManager `rm` and wrap it."""
-        return cls(open_resource(rm, address, timeout_s), **kwargs)
 
     def ask(self, command: str) -> str:
         """Send `command`, return the raw reply text (no code interpretation)."""
@@ -197,17 +178,3 @@ class VeloxProber(Prober):
             raise ReplyError(self.name, command, data, f"announced {count} dies, got {len(dies)}")
         return dies
 
-    @property
-    def timeout_s(self) -> float | None:
-        """I/O timeout in seconds."""
-        return self._transport.timeout_s
-
-    @timeout_s.setter
-    def timeout_s(self, seconds: float | None) -> None:
-        self._transport.timeout_s = seconds
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"

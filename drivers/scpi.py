@@ -12,8 +12,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -27,7 +26,7 @@ from drivers.errors import (
     InstrumentTimeout,
     ReplyError,
 )
-from drivers.transport import Resource, Transport, open_resource
+from drivers.transport import Resource, Session, Transport
 
 ERROR_QUERY = "SYST:ERR?"
 #: Bound on queue reads per check: a SCPI queue holds 32 entries plus the overflow entry.
@@ -36,7 +35,6 @@ _UNCHECKED_SHOWN = 8
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"?(.*?)"?\s*$', re.DOTALL)
 
 T = TypeVar("T")
-S = TypeVar("S", bound="SCPIInstrument")
 
 
 def parse_error_reply(reply: str) -> tuple[int, str]:
@@ -47,7 +45,7 @@ def parse_error_reply(reply: str) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
-class SCPIInstrument(HasControls):
+class SCPIInstrument(HasControls, Session):
     """SCPI over any `Resource` (a pyvisa MessageBasedResource or a test double).
 
     `check_errors` sets the default for the after-command error-queue check.
@@ -59,11 +57,6 @@ class SCPIInstrument(HasControls):
         self._transport = Transport(resource, name)
         self._deferred = 0
         self._unchecked: deque[str] = deque(maxlen=_UNCHECKED_SHOWN)
-
-    @classmethod
-    def open(cls: type[S], rm: Any, address: str, *, timeout_s: float = 5.0, **kwargs: Any) -> S:
-        """Open `address` on pyvisa ResourceManager `rm` and wrap it."""
-        return cls(open_resource(rm, address, timeout_s), **kwargs)
 
     # -- plain messages -----------------------------------------------------------------------
 
@@ -242,31 +235,3 @@ class SCPIInstrument(HasControls):
         except ValueError:
             raise ReplyError(self.name, "*ESR?", reply, "not an integer") from None
 
-    # -- session ------------------------------------------------------------------------------
-
-    @property
-    def timeout_s(self) -> float | None:
-        """I/O timeout in seconds."""
-        return self._transport.timeout_s
-
-    @timeout_s.setter
-    def timeout_s(self, seconds: float | None) -> None:
-        self._transport.timeout_s = seconds
-
-    def close(self) -> None:
-        """Close the VISA session."""
-        self._transport.close()
-
-    def __enter__(self: S) -> S:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"

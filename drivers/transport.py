@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pyvisa import constants
@@ -140,3 +141,50 @@ class Transport:
         """Close the resource; closing twice is harmless."""
         with suppress(visa_errors.Error, OSError):
             self.resource.close()
+
+
+SessionT = TypeVar("SessionT", bound="Session")
+ClosesT = TypeVar("ClosesT", bound="Closes")
+
+
+class Closes:
+    """A context manager that calls `close()` on exit."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: ClosesT) -> ClosesT:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Session(Closes):
+    """What every driver that owns a `Transport` shares: opening, timeout, closing, repr."""
+
+    name: str
+    _transport: Transport
+
+    @classmethod
+    def open(cls: type[SessionT], rm: Any, address: str, *, timeout_s: float = 5.0,
+             **kwargs: Any) -> SessionT:
+        """Open `address` on pyvisa ResourceManager `rm` and wrap it."""
+        return cls(open_resource(rm, address, timeout_s), **kwargs)  # type: ignore[call-arg]
+
+    @property
+    def timeout_s(self) -> float | None:
+        """I/O timeout in seconds."""
+        return self._transport.timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float | None) -> None:
+        self._transport.timeout_s = seconds
+
+    def close(self) -> None:
+        """Close the VISA session."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

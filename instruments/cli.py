@@ -75,22 +75,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .loop import train_from_store
+    from training.experiment import ExperimentConfig
+
+    from .offline import train_from_store
 
     train_from_store(args.store, args.method, seed=args.seed, data_dir=args.data_dir,
-                     quiet=args.quiet)
+                     quiet=args.quiet, config=ExperimentConfig.small() if args.small else None)
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .loop import evaluate_from_store
+    from .offline import evaluate_from_store
 
     evaluate_from_store(args.store, seed=args.seed, data_dir=args.data_dir, quiet=args.quiet)
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .loop import report_from_store
+    from .offline import report_from_store
 
     report_from_store(args.store, Path(args.out))
     _say(args, f"report written to {args.out}")
@@ -102,6 +104,15 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text)
 
 
+def add_command(sub: argparse._SubParsersAction, name: str,
+                fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    """A subcommand that runs `fn` and accepts -q/--quiet after its name too."""
+    sp = sub.add_parser(name, help=help_)
+    sp.set_defaults(fn=fn)
+    sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+    return sp
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtjlab", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"mtjlab {__version__}")
@@ -111,10 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
             ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.set_defaults(fn=fn)
-        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
-        return sp
+        return add_command(sub, name, fn, help_)
 
     sp = add("demo", cmd_demo, "closed loop on the simulated wafer: measure, train, program, infer")
     sp.add_argument("--out", default="out", help="output folder (default: out)")
@@ -131,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", required=True)
     sp.add_argument("--method", required=True, choices=["baseline", "hat", "sat"])
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--data-dir", default=None)
+    sp.add_argument("--data-dir", default=None, help="MNIST IDX folder (default: embedded set)")
+    sp.add_argument("--small", action="store_true", help="a quick, reduced training schedule")
 
     sp = add("evaluate", cmd_evaluate, "evaluate the store's trained weights on measured dies")
     sp.add_argument("--store", required=True)
@@ -150,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", required=True, choices=["hdf5", "npz"])
     sp.add_argument("--out", default=None, help="output file (default: next to the store)")
     sp.add_argument("--run", type=int, default=None, help="run id (default: latest)")
+
+    from .service_cli import add_service_commands
+
+    add_service_commands(sub)
     return p
 
 

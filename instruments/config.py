@@ -80,6 +80,8 @@ class MeasurementConfig(_Model):
     pulse_v: float = Field(0.9, gt=0)
     pulse_width_s: float = Field(5e-8, gt=0)
     compliance_a: float = Field(0.01, gt=0)
+    averages: int = Field(256, ge=1, le=1024, description="readings the tester averages per "
+                          "array read and per inference (noise falls as 1/sqrt)")
     max_write_pulses: int = Field(6, ge=1, le=50, description="write-verify attempts")
     pulse_step_v: float = Field(0.05, ge=0, description="escalation per failed attempt")
     short_max_ohm: float = Field(2_500.0, gt=0, description="below: shorted cell")

@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.datasets import load_default
 from training.experiment import ExperimentConfig, train_all
 from training.sensitivity import loss_distribution
 
 from .config import StationConfig
 from .loop import DieInference, load_measurements, program_and_infer, summarize
-from .report import METHODS, table, write_report
+from .offline import WHOLE_RUN, report_from_store
+from .report import METHODS, table
 from .station import Station
 from .store import RunStore, die_key
 from .sweep import start_run, sweep
@@ -60,7 +63,7 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
             sweep(station, store, run_id, progress=lambda d, m: bar.update(1))
         timing["sweep"] = time.perf_counter() - t0
         measured = load_measurements(store, run_id)
-        device = measured.device_model(config.measurement.read_voltage_v)
+        device = measured.device_model()
         _say(quiet, f"measured {len(measured.dies)} dies; training baseline, HAT, SAT ...")
 
         t1 = time.perf_counter()
@@ -103,16 +106,18 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
                                      sol.baseline_error_pct) for m in METHODS},
             "agreement_pct": {m: min(r.agreement_pct for r in results[m].values())
                               for m in METHODS},
+            "agreement_all_pct": {m: float(np.mean([r.agreement_pct
+                                                    for r in results[m].values()]))
+                                  for m in METHODS},
             "write_fidelity_min": {m: min(r.fidelity for r in results[m].values())
                                    for m in METHODS},
             "loss_std": {k: float(v.std()) for k, v in losses.items()},
             "timing_s": timing,
         }
-        store.put(run_id, "-", records={"summary": summary})
+        store.put(run_id, WHOLE_RUN, records={"summary": summary},
+                  arrays={f"losses/{k}": v for k, v in losses.items()})
         store.set_status(run_id, "finished")
-    grid = (config.instruments.simulated.wafer.grid_cols,  # type: ignore[union-attr]
-            config.instruments.simulated.wafer.grid_rows)  # type: ignore[union-attr]
-    write_report(out, summary, measured.defect_rates(), grid, losses)
+    report_from_store(store_path, out)
     if not quiet:
         print(table(summary))
         print(f"\nreport: {out / 'report.md'}  (total {timing['total']:.0f} s)")

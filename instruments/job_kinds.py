@@ -163,7 +163,7 @@ class InferJob(_Job):
 
 
 class TrainJob(_Job):
-    """Train on the store's measured maps (instruments.loop.train_from_store)."""
+    """Train on the store's measured maps (instruments.offline.train_from_store)."""
 
     kind: Literal["train"] = "train"
     method: Literal["baseline", "hat", "sat"]
@@ -172,7 +172,7 @@ class TrainJob(_Job):
 
 
 class EvaluateJob(_Job):
-    """Evaluate the store's trained weights (instruments.loop.evaluate_from_store)."""
+    """Evaluate the store's trained weights (instruments.offline.evaluate_from_store)."""
 
     kind: Literal["evaluate"] = "evaluate"
     seed: Seed = 0
@@ -406,30 +406,29 @@ def _plain(value: Any, arrays: dict[str, np.ndarray], name: str) -> Any:
     return str(value)
 
 
-def _run_loop(fn_name: str, ctx: JobContext, **kwargs: Any) -> Outcome:
-    try:
-        from . import loop
-
-        fn = getattr(loop, fn_name)
-    except (ImportError, AttributeError) as err:
-        raise RuntimeError(f"instruments.loop.{fn_name} is not available ({err}); train and "
-                           "evaluate jobs need it") from err
+def _run_offline(fn: Callable[..., Any], ctx: JobContext, **kwargs: Any) -> Outcome:
+    """Run a store-based training or evaluation function as a job."""
+    name = fn.__name__
     ctx.check_stop()
-    ctx.progress(0, None, f"{fn_name} running")
+    ctx.progress(0, None, f"{name} running")
     result = fn(str(ctx.store_path), **kwargs, quiet=True)
     arrays: dict[str, np.ndarray] = {}
     summary = _plain(result, arrays, "")
-    ctx.progress(1, 1, f"{fn_name} done")
+    ctx.progress(1, 1, f"{name} done")
     return Outcome({"result": summary}, arrays)
 
 
 def run_train(ctx: JobContext, job: TrainJob) -> Outcome:
-    return _run_loop("train_from_store", ctx, method=job.method, seed=job.seed,
-                     data_dir=job.data_dir)
+    from .offline import train_from_store
+
+    return _run_offline(train_from_store, ctx, method=job.method, seed=job.seed,
+                        data_dir=job.data_dir)
 
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> Outcome:
-    return _run_loop("evaluate_from_store", ctx, seed=job.seed, data_dir=job.data_dir)
+    from .offline import evaluate_from_store
+
+    return _run_offline(evaluate_from_store, ctx, seed=job.seed, data_dir=job.data_dir)
 
 
 def warm_up() -> None:

@@ -8,7 +8,6 @@ cross-checked against an emulation from the die's own read-back resistances.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +17,13 @@ from drivers.prober import DieIndex
 from training.defects import CellDefect, DefectMap
 from training.mapping import ArrayLayout, DeviceModel
 
+from .config import parse_station
 from .programming import SKIP, program_verified
 from .station import Station
-from .store import RunStore, StoreError, parse_die_key
+from .store import RunStore, StoreError, die_key, parse_die_key
 from .sweep import SWEEP_KIND
+
+MEASURING_KINDS = (SWEEP_KIND, "demo")
 
 
 @dataclass
@@ -33,11 +35,23 @@ class MeasuredWafer:
     maps: list[DefectMap]
     r_p_ohm: np.ndarray  # (D, rows, cols) read after writing all P
     r_ap_ohm: np.ndarray  # (D, rows, cols) read after writing all AP
+    read_voltage_v: float  # the sweep's read voltage (from its station file)
 
-    def device_model(self, read_v: float) -> DeviceModel:
+    def device_model(self) -> DeviceModel:
         """Nominal conductances fitted from the healthy cells of every die."""
         kinds = np.stack([m.kinds for m in self.maps])
-        return DeviceModel.fit(self.r_p_ohm, self.r_ap_ohm, kinds, v_read_v=read_v)
+        return DeviceModel.fit(self.r_p_ohm, self.r_ap_ohm, kinds,
+                               v_read_v=self.read_voltage_v)
+
+    @property
+    def keys(self) -> list[str]:
+        """Die keys ('col,row') in journal order."""
+        return [die_key(d) for d in self.dies]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(columns, rows) of the smallest grid holding every measured die."""
+        return (max(d.col for d in self.dies) + 1, max(d.row for d in self.dies) + 1)
 
     def defect_rates(self) -> dict[str, float]:
         """Share of defective cells per die key."""
@@ -45,11 +59,17 @@ class MeasuredWafer:
                 for d, m in zip(self.dies, self.maps, strict=True)}
 
 
-def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:
-    """The defect maps of a sweep run (default: the latest sweep in the store)."""
-    run_id = run_id if run_id is not None else store.latest_run(SWEEP_KIND)
-    if run_id is None:
+def latest_measurement_run(store: RunStore) -> int:
+    """The latest run that measured dies (a sweep, or the sweep inside a demo)."""
+    runs = [r for r in (store.latest_run(kind) for kind in MEASURING_KINDS) if r is not None]
+    if not runs:
         raise StoreError(f"{store.path}: no sweep in this store; run `mtjlab sweep` first")
+    return max(runs)
+
+
+def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:
+    """The defect maps of a sweep run (default: the latest measuring run in the store)."""
+    run_id = run_id if run_id is not None else latest_measurement_run(store)
     keys = store.dies_done(run_id)
     if not keys:
         raise StoreError(f"{store.path}: sweep run {run_id} has no measured die")
@@ -61,7 +81,9 @@ def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWaf
         r_p.append(rp)
         r_ap.append(store.array(run_id, key, "r_ap_ohm"))
     dies = [DieIndex(*parse_die_key(k)) for k in keys]
-    return MeasuredWafer(run_id, dies, maps, np.stack(r_p), np.stack(r_ap))
+    station = parse_station(store.run_row(run_id)["station_yaml"], f"{store.path} run {run_id}")
+    return MeasuredWafer(run_id, dies, maps, np.stack(r_p), np.stack(r_ap),
+                         station.measurement.read_voltage_v)
 
 
 @dataclass
@@ -111,6 +133,3 @@ def summarize(per_die: dict[str, float], baseline_pct: float) -> dict[str, Any]:
             "min": float(v.min()), "max": float(v.max()),
             "gap_pp": float(v.mean() - baseline_pct), "per_die": per_die}
 
-
-def default_store_path(out: Path) -> Path:
-    return out / "run.sqlite"

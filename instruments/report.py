@@ -135,8 +135,11 @@ def write_report(out: Path, summary: dict[str, Any], rates: dict[str, float],
         "",
     ]
     if agree:
-        lines += ["On-chip vs emulated (from read-back) prediction agreement, worst die: " +
-                  ", ".join(f"{m} {v:.2f} %" for m, v in agree.items()) + ".", ""]
+        overall = summary.get("agreement_all_pct", {})
+        lines += ["On-chip vs emulated (from read-back) prediction agreement, worst die "
+                  "(all dies): " + ", ".join(
+                      f"{m} {v:.2f} %" + (f" ({overall[m]:.2f} %)" if m in overall else "")
+                      for m, v in agree.items()) + ".", ""]
     if "timing_s" in summary:
         lines += ["Timing (s): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                              summary["timing_s"].items()), ""]

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,12 +153,11 @@ def _connection(sp: argparse.ArgumentParser) -> None:
 def add_service_commands(sub: argparse._SubParsersAction) -> None:
     """Add serve, submit, jobs and watch to an `mtjlab` subparsers object."""
 
+    from .cli import add_command
+
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
             ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.set_defaults(fn=fn)
-        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
-        return sp
+        return add_command(sub, name, fn, help_)
 
     sp = add("serve", cmd_serve, "run the station service (owns the instruments, HTTP jobs)")
     sp.add_argument("--station", required=True, help="station YAML file")
@@ -206,26 +205,3 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--out", default=None, help="save the result arrays (.npz)")
     sp.add_argument("--timeout", type=float, default=None)
     _connection(sp)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry (`python -m instruments.service_cli`) until cli.py carries these."""
-    import logging
-
-    from .cli import run_command
-
-    parser = argparse.ArgumentParser(prog="mtjlab", description=__doc__.splitlines()[0])
-    parser.add_argument("-q", "--quiet", action="store_true")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    add_service_commands(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return run_command(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -242,6 +242,7 @@ class Station:
         t.output_enabled = False
         t.read_voltage_v = m.read_voltage_v
         t.compliance_a = m.compliance_a
+        t.averages = m.averages
         t.pulse_width_s = m.pulse_width_s
         t.pulse_amplitude_v = amplitude
         self._pulse_v = amplitude

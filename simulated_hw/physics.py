@@ -153,12 +153,20 @@ class SimulatedWafer:
         return self.dies[die].state.copy()
 
     # ---- operations ---------------------------------------------------------------------
-    def read(self, die: int, read_v: float, cells: tuple | slice = np.s_[:, :]) -> np.ndarray:
-        """Measured resistance (ohm) of the addressed cells, with read noise."""
+    def _noise_rel(self, averages: int) -> float:
+        """Relative read noise of the mean of `averages` independent readings."""
+        return self.config.device.read_noise_rel / np.sqrt(max(int(averages), 1))
+
+    def read(self, die: int, read_v: float, cells: tuple | slice = np.s_[:, :],
+             averages: int = 1) -> np.ndarray:
+        """Measured resistance (ohm) of the addressed cells, with read noise.
+
+        averages: readings averaged by the instrument (noise falls as 1/sqrt(averages)).
+        """
         del read_v  # linear devices at read bias: resistance does not depend on it
         d = self.dies[die]
         r = d.cell_resistance()[cells]
-        noise = self.config.device.read_noise_rel * d.rng.standard_normal(np.shape(r))
+        noise = self._noise_rel(averages) * d.rng.standard_normal(np.shape(r))
         return r * (1.0 + noise)
 
     def switching_probability(self, amplitude_v: float, width_s: float) -> float:
@@ -197,14 +205,18 @@ class SimulatedWafer:
         d.state[flip] = full_targets[flip]
 
     def column_currents(self, die: int, inputs: np.ndarray, read_v: float,
-                        compliance_a: float) -> np.ndarray:
-        """Currents (A) of every column for each binary input vector applied to the rows."""
+                        compliance_a: float, averages: int = 1) -> np.ndarray:
+        """Currents (A) of every column for each binary input vector applied to the rows.
+
+        Each driven cell's current carries the same relative read noise as a single-cell read,
+        independently, so a column's noise is their sum in quadrature.
+        """
         d = self.dies[die]
         g = 1.0 / d.cell_resistance()
         x = np.asarray(inputs, dtype=np.float64)
         currents = read_v * (x @ g)
-        noise = self.config.device.read_noise_rel * d.rng.standard_normal(currents.shape)
-        currents *= 1.0 + noise
+        sigma = self._noise_rel(averages) * read_v * np.sqrt(np.square(x) @ (g * g))
+        currents += sigma * d.rng.standard_normal(currents.shape)
         return np.clip(currents, -compliance_a, compliance_a)
 
     def max_pulse_v(self) -> float:

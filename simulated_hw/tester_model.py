@@ -110,13 +110,15 @@ class TesterModel:
 
     def _measure_array(self, args: bytes) -> bytes:
         die = self._die()
-        r = self.wafer.read(die, self.setting("read_voltage_v"))
+        r = self.wafer.read(die, self.setting("read_voltage_v"),
+                            averages=int(self.setting("averages")))
         return encode_block(r.astype("<f4").tobytes())
 
     def _measure_cell(self, args: bytes) -> bytes:
         row, col = self._cell(*parse_ints(args, 2))
         die = self._die()
-        r = self.wafer.read(die, self.setting("read_voltage_v"), np.s_[row, col])
+        r = self.wafer.read(die, self.setting("read_voltage_v"), np.s_[row, col],
+                            averages=int(self.setting("averages")))
         return f"{float(r):.6e}".encode()
 
     def _program_array(self, args: bytes) -> bytes:
@@ -148,7 +150,7 @@ class TesterModel:
         die = self._die()
         currents = self.wafer.column_currents(
             die, inputs.reshape(-1, rows), self.setting("read_voltage_v"),
-            self.setting("compliance_a"))
+            self.setting("compliance_a"), averages=int(self.setting("averages")))
         return encode_block(currents.astype("<f4").tobytes())
 
     _NO_ARGUMENTS: ClassVar[frozenset[str]] = frozenset({"ARR:SIZE?", "CONT?", "MEAS:ARR?"})

@@ -171,7 +171,7 @@ def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tenso
     """
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
-    if cells is not None and shared and cells[0].n > 1:
+    if cells is not None and shared and cells[0].n > 1 and net_config.readout == "diff":
         wrong = None
         for i in range(0, len(x), chunk):
             scores = _sparse_scores(weights, x[i:i + chunk], cells, net_config,
@@ -203,8 +203,8 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
     if isinstance(layout, ArrayLayout):
-        devs = (layout.sparse_deviations(cells) if shared and len(weights) == 2
-                else None)
+        devs = (layout.sparse_deviations(cells)
+                if shared and len(weights) == 2 and net_config.readout == "diff" else None)
         if devs is not None:
             return DieErrors(_deviation_errors(weights, x, y, devs, net_config), baseline_pct)
         layer_cells = layout.layer_cells(cells)

@@ -36,13 +36,14 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    network: NetworkConfig = Field(default_factory=lambda: NetworkConfig(sizes=(100, 80, 10)))
+    network: NetworkConfig = Field(default_factory=lambda: NetworkConfig(
+        sizes=(100, 70, 10), output_copies=3, copy_combine="mean", readout="common_mode"))
     baseline: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=30, noise_std=0.1))
     hat: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=10, lr=0.003, noise_std=0.1))
     sat: SATConfig = Field(
-        default_factory=lambda: SATConfig(epochs=20, lr=0.001, noise_std=0.1))
+        default_factory=lambda: SATConfig(epochs=20, lr=0.003, noise_std=0.1))
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     hat_placement: bool = True
     init_from_baseline: bool = Field(True, description="HAT and SAT start from the baseline")
@@ -112,6 +113,68 @@ class Solutions:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
+@dataclass
+class Setup:
+    """What every method shares: fitted statistics, the fixed layout and the dies' cells."""
+
+    stats: DefectStatistics
+    layout: ArrayLayout
+    cells: ArrayCells
+
+
+def prepare(maps: Sequence[DefectMap], device: DeviceModel,
+            config: ExperimentConfig | None = None) -> Setup:
+    """Fit the defect statistics of `maps` and lay the network out on their array."""
+    config = config or ExperimentConfig()
+    if not maps:
+        raise ValueError("the experiment needs at least one defect map")
+    net = config.network
+    rows, cols = maps[0].shape
+    layout = ArrayLayout.default(net.sizes, rows, cols, net.output_copies, net.copy_combine,
+                                 device, readout=net.readout, readout_tol=net.readout_tol)
+    return Setup(DefectStatistics.fit(maps), layout, cells_from_defect_maps(maps, device))
+
+
+def run_baseline(data: BinaryData, config: ExperimentConfig, seed: int
+                 ) -> tuple[TrainResult, float]:
+    """The software baseline and its error (percent) on an ideal array."""
+    base = train_baseline(data, config.network, config.baseline, seed=seed)
+    return base, software_error(base.weights, data.x_test, data.y_test, config.network)
+
+
+def run_hat(data: BinaryData, setup: Setup, baseline: Sequence[torch.Tensor],
+            config: ExperimentConfig, seed: int
+            ) -> tuple[TrainResult, list[ArrayLayout] | None]:
+    """HAT for every die of `setup` as one batched model, and its per-die layouts (if placed).
+
+    baseline: the software baseline's binary weights (placement and starting point).
+    """
+    net = config.network
+    layouts = None
+    if config.hat_placement:
+        layouts = place_all(baseline, setup.cells, setup.layout, data.x_train,
+                            data.y_train, net, config=config.placement)
+    init = baseline if config.init_from_baseline else None
+    hat = train_hat(data, layouts or setup.layout, setup.cells, net, config.hat, seed=seed,
+                    init=init)
+    return hat, layouts
+
+
+def run_sat(data: BinaryData, setup: Setup, baseline: Sequence[torch.Tensor],
+            config: ExperimentConfig, seed: int) -> TrainResult:
+    """SAT from the statistics of `setup` (one weight set for every die), from the baseline."""
+    init = baseline if config.init_from_baseline else None
+    return train_sat(data, setup.layout, setup.stats, config.network, config.sat, seed=seed,
+                     init=init)
+
+
+def run_placement(data: BinaryData, setup: Setup, weights: Sequence[torch.Tensor],
+                  config: ExperimentConfig) -> list[ArrayLayout]:
+    """Defect-aware placement of shared weights on every die of `setup`."""
+    return place_all(weights, setup.cells, setup.layout, data.x_train, data.y_train,
+                     config.network, config=config.placement)
+
+
 def train_all(data: BinaryData, maps: Sequence[DefectMap], device: DeviceModel,
               config: ExperimentConfig | None = None, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> Solutions:
@@ -121,44 +184,30 @@ def train_all(data: BinaryData, maps: Sequence[DefectMap], device: DeviceModel,
     (e.g. `DeviceModel.fit` on read-backs). progress(message) is called between stages.
     """
     config = config or ExperimentConfig()
-    if not maps:
-        raise ValueError("train_all needs at least one defect map")
     say = progress or (lambda _msg: None)
-    net = config.network
-    rows, cols = maps[0].shape
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    stats = DefectStatistics.fit(maps)
-    layout = ArrayLayout.default(net.sizes, rows, cols, net.output_copies, net.copy_combine,
-                                 device)
-    cells = cells_from_defect_maps(maps, device)
+    setup = prepare(maps, device, config)
     timings["setup"] = time.perf_counter() - t
 
     say("training the software baseline")
     t = time.perf_counter()
-    base = train_baseline(data, net, config.baseline, seed=seed)
-    base_err = software_error(base.weights, data.x_test, data.y_test, net)
+    base, base_err = run_baseline(data, config, seed)
     timings["baseline"] = time.perf_counter() - t
-    init = base.weights if config.init_from_baseline else None
 
     say(f"hardware-aware training for {len(maps)} dies (one batched model)")
     t = time.perf_counter()
-    hat_layouts = None
-    if config.hat_placement:
-        hat_layouts = place_all(base.weights, cells, layout, data.x_train, data.y_train, net,
-                                config=config.placement)
-    hat = train_hat(data, hat_layouts or layout, cells, net, config.hat, seed=seed, init=init)
+    hat, hat_layouts = run_hat(data, setup, base.weights, config, seed)
     timings["hat"] = time.perf_counter() - t
 
     say("statistics-aware training")
     t = time.perf_counter()
-    sat = train_sat(data, layout, stats, net, config.sat, seed=seed, init=init)
+    sat = run_sat(data, setup, base.weights, config, seed)
     timings["sat"] = time.perf_counter() - t
 
     say(f"placing the SAT weights on {len(maps)} dies")
     t = time.perf_counter()
-    placed = place_all(sat.weights, cells, layout, data.x_train, data.y_train, net,
-                       config=config.placement)
+    placed = run_placement(data, setup, sat.weights, config)
     timings["placement"] = time.perf_counter() - t
-    return Solutions(net, layout, stats, cells, base, hat, sat, placed, base_err, hat_layouts,
-                     timings)
+    return Solutions(config.network, setup.layout, setup.stats, setup.cells, base, hat, sat,
+                     placed, base_err, hat_layouts, timings)

@@ -252,7 +252,9 @@ class ArrayLayout:
 
     Layer l's inputs drive `layers[l].rows`; its output j is I[plus_cols[j]] - I[minus_cols[j]].
     The last layer has `output_copies` copies of each class (output index copy * n_classes + k);
-    class scores combine the copies (`copy_combine`: "mean" or "median").
+    class scores combine the copies (`copy_combine`: "mean" or "median"). `readout`: "diff"
+    (I_plus - I_minus) or "common_mode" (`common_mode_readout`, threshold `readout_tol` weight
+    units), the same read-out the training forward pass applies.
     """
 
     rows: int
@@ -261,6 +263,8 @@ class ArrayLayout:
     output_copies: int = 1
     copy_combine: str = "mean"
     device: DeviceModel = field(default_factory=DeviceModel)
+    readout: str = "diff"
+    readout_tol: float = 4.0
 
     def __post_init__(self) -> None:
         used = np.zeros((self.rows, self.cols), dtype=np.int32)
@@ -284,6 +288,8 @@ class ArrayLayout:
             raise ValueError(f"layers overlap on the array (first shared cell: row {r}, col {c})")
         if self.copy_combine not in ("mean", "median"):
             raise ValueError(f"copy_combine must be 'sum' or 'median', got {self.copy_combine!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.layers[-1].n_out % self.output_copies:
             raise ValueError("last layer outputs are not a multiple of output_copies")
 
@@ -292,7 +298,7 @@ class ArrayLayout:
     def default(cls, sizes: Sequence[int] = (100, 90, 10), rows: int = 100, cols: int = 200,
                 output_copies: int = 1, copy_combine: str = "mean",
                 device: DeviceModel | None = None, row_replicas: Sequence[int] | None = None,
-                ) -> ArrayLayout:
+                readout: str = "diff", readout_tol: float = 4.0) -> ArrayLayout:
         """Layers side by side from column 0, each on rows 0..n_in-1, pairs (2j, 2j+1).
 
         For (100, 90, 10) on 100 x 200: layer 1 on rows 0-99, cols 0-179; layer 2 on rows 0-89,
@@ -319,11 +325,31 @@ class ArrayLayout:
             layers.append(LayerPlacement(rows_, plus, plus + 1))
             c0 += 2 * n_out
         return cls(rows, cols, tuple(layers), output_copies, copy_combine,
-                   device or DeviceModel())
+                   device or DeviceModel(), readout, readout_tol)
 
     def with_layers(self, layers: Sequence[LayerPlacement]) -> ArrayLayout:
         """A copy with other placements (e.g. from defect-aware placement)."""
         return replace(self, layers=tuple(layers))
+
+    def placement_arrays(self) -> dict[str, np.ndarray]:
+        """Where each layer sits, as named integer arrays (what a run store keeps)."""
+        return {f"L{k}/{name}": getattr(lp, name) for k, lp in enumerate(self.layers)
+                for name in ("rows", "plus_cols", "minus_cols")}
+
+    def with_placement_arrays(self, arrays: dict[str, np.ndarray]) -> ArrayLayout:
+        """A copy placed as `placement_arrays` described (same sizes, other cells)."""
+        layers = []
+        for k, old in enumerate(self.layers):
+            lp = LayerPlacement(*(arrays[f"L{k}/{n}"] for n in ("rows", "plus_cols",
+                                                                 "minus_cols")))
+            if (lp.n_in, lp.n_out) != (old.n_in, old.n_out):
+                raise ValueError(f"stored placement of layer {k} is {lp.n_in} x {lp.n_out}, "
+                                 f"the network's is {old.n_in} x {old.n_out}")
+            if lp.rows.max() >= self.rows or lp.cols.max() >= self.cols:
+                raise ValueError(f"stored placement of layer {k} leaves the "
+                                 f"{self.rows} x {self.cols} array")
+            layers.append(lp)
+        return self.with_layers(layers)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -369,18 +395,44 @@ class ArrayLayout:
             out[:, lp.rows[:, t]] = (x > 0).astype(np.uint8)
         return out
 
-    def layer_outputs(self, layer: int, currents: np.ndarray) -> np.ndarray:
-        """Differential outputs I_plus - I_minus (n, n_out) in amperes from column currents."""
+    def layer_outputs(self, layer: int, currents: np.ndarray,
+                      x: np.ndarray | None = None) -> np.ndarray:
+        """Outputs (n, n_out) in amperes from column currents: I_plus - I_minus, or with the
+        common-mode read-out (needs the layer's binary inputs x (n, n_in)) that difference
+        checked and repaired by `common_mode_readout`."""
+        return self.checked_outputs(layer, currents, x)[0]
+
+    def checked_outputs(self, layer: int, currents: np.ndarray, x: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """`layer_outputs` and which of them the read-out trusts (bool (n, n_out))."""
         lp = self.layers[layer]
         i = np.atleast_2d(np.asarray(currents, dtype=np.float64))
         if i.shape[1] != self.cols:
             raise ValueError(f"expected currents of all {self.cols} columns, got shape {i.shape}")
-        return i[:, lp.plus_cols] - i[:, lp.minus_cols]
+        diff = i[:, lp.plus_cols] - i[:, lp.minus_cols]
+        if self.readout == "diff":
+            return diff, np.ones(diff.shape, dtype=bool)
+        if x is None:
+            raise ValueError("the common-mode read-out needs the layer's inputs x")
+        dev = self.device
+        unit = dev.v_read_v * dev.unit_s * lp.replicas  # amperes per weight unit
+        active = torch.as_tensor((np.atleast_2d(x) > 0).sum(axis=1, keepdims=True),
+                                 dtype=torch.float64)
+        excess = (i[:, lp.plus_cols] + i[:, lp.minus_cols]) / unit - active.numpy() * (
+            dev.g_p_s + dev.g_ap_s) / dev.unit_s
+        out, ok = common_mode_readout(torch.as_tensor(diff / unit), torch.as_tensor(excess),
+                                      active, self.readout_tol)
+        return out.numpy() * unit, ok.numpy()
 
-    def class_scores(self, outputs: np.ndarray) -> np.ndarray:
-        """Combine the copies of the last layer's outputs (n, n_out) into (n, n_classes)."""
-        o = np.asarray(outputs).reshape(len(outputs), self.output_copies, self.n_classes)
-        return o.mean(axis=1) if self.copy_combine == "mean" else np.median(o, axis=1)
+    def class_scores(self, outputs: np.ndarray, reliable: np.ndarray | None = None
+                     ) -> np.ndarray:
+        """Combine the copies of the last layer's outputs (n, n_out) into (n, n_classes),
+        leaving out copies marked unreliable by the common-mode read-out (`reliable`)."""
+        from .network import combine_copies
+
+        rel = None if reliable is None else torch.as_tensor(np.asarray(reliable, dtype=bool))
+        return combine_copies(torch.as_tensor(np.asarray(outputs, dtype=np.float64)),
+                              self.output_copies, self.copy_combine, rel).numpy()
 
     def infer(self, x: np.ndarray, column_currents: Callable[[np.ndarray], np.ndarray]
               ) -> np.ndarray:
@@ -391,9 +443,9 @@ class ArrayLayout:
         """
         h = np.asarray(x)
         for layer in range(len(self.layers)):
-            out = self.layer_outputs(layer, column_currents(self.row_inputs(layer, h)))
+            out, ok = self.checked_outputs(layer, column_currents(self.row_inputs(layer, h)), h)
             h = (out > 0).astype(np.uint8)
-        return np.argmax(self.class_scores(out), axis=1)
+        return np.argmax(self.class_scores(out, ok), axis=1)
 
     # ---- what each layer sees ------------------------------------------------------------
     def cell_lookup(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -433,18 +485,20 @@ class ArrayLayout:
             torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
                         torch.where(k == CellDefect.STUCK_P, dev.g_p_s, dev.g_ap_s)))
         # plus device fixed at g: a += g - g_ap; minus device fixed at g: a -= g - g_p; b -= u
+        # common mode: c += (g - nominal of the device at w = -1), e -= side (per unit)
         da = torch.where(side > 0, g - dev.g_ap_s, dev.g_p_s - g) / dev.unit_s
         out = []
         for i, lp in enumerate(self.layers):
             sel = layer == i
             size = lp.n_in * lp.n_out
             idx = defects.die[sel] * size + pos[sel]
-            a = torch.full((defects.n * size,), -1.0)
-            b = torch.full((defects.n * size,), 2.0)
-            a.index_add_(0, idx, da[sel] / lp.replicas)
-            b.index_add_(0, idx, torch.full((idx.numel(),), -1.0 / lp.replicas))
             shape = (defects.n, lp.n_in, lp.n_out)
-            out.append(LayerCells(a.view(shape), b.view(shape)))
+            parts = []
+            for start, delta in ((-1.0, da[sel]), (2.0, torch.full((idx.numel(),), -1.0)),
+                                 (0.0, side[sel] * da[sel]), (0.0, -side[sel].float())):
+                t = torch.full((defects.n * size,), start)
+                parts.append(t.index_add_(0, idx, delta / lp.replicas).view(shape))
+            out.append(LayerCells(*parts))
         return out
 
     def sparse_deviations(self, cells: ArrayCells, max_density: float = 0.05
@@ -490,7 +544,9 @@ class ArrayLayout:
         if cells.shape != (self.rows, self.cols):
             raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
                              f"{self.cols} layout")
-        return [extract_layer(cells, lp, self.device.unit_s) for lp in self.layers]
+        dev = self.device
+        return [extract_layer(cells, lp, dev.unit_s, dev.g_p_s + dev.g_ap_s)
+                for lp in self.layers]
 
 
 @dataclass(frozen=True)
@@ -499,14 +555,58 @@ class LayerCells:
 
     a: (D, n_in, n_out) differential conductance if the weight is -1; b: the change when the
     weight is +1 (2 for a healthy pair, 1 if one device is broken, 0 if both are).
+    c, e: the pair's common mode I_plus + I_minus minus its nominal value, x @ (c + s * e)
+    (zero for healthy cells, ~ +9 for a short, -1..-2 for an open; None: all zero).
     """
 
     a: torch.Tensor
     b: torch.Tensor
+    c: torch.Tensor | None = None
+    e: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
+
+    def slice(self, start: int, stop: int) -> LayerCells:
+        """Cell sets start..stop-1 (the leading dimension)."""
+        return LayerCells(*(None if t is None else t[start:stop]
+                            for t in (self.a, self.b, self.c, self.e)))
+
+    def differential(self, s: torch.Tensor) -> torch.Tensor:
+        """Matrix of I_plus - I_minus for weight bits s: a + s b."""
+        return self.a + s * self.b
+
+    def excess(self, s: torch.Tensor) -> torch.Tensor | None:
+        """Matrix of the common-mode excess for weight bits s (None: healthy everywhere)."""
+        return None if self.c is None or self.e is None else self.c + s * self.e
+
+
+READOUTS = ("diff", "common_mode")
+
+
+def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
+                        tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A differential pair's output (weight units) checked against its common mode.
+
+    A healthy pair shows I_plus + I_minus = n (G_P + G_AP) whatever its weights, so each
+    column alone estimates the output: d_plus = diff + excess, d_minus = diff - excess (excess
+    = common mode minus its nominal value, n = active inputs). Where |excess| > tol one column
+    carries a defect (a short adds ~9 units, a dead line removes ~1.5 n): the output is the
+    estimate that is possible (|d| <= n + tol / 2). If both or neither are possible the pair
+    is ambiguous: the output is the estimate smaller in magnitude (the likelier one for a
+    hidden neuron, whose sign is all that matters) and `reliable` is False there, so the class
+    scores can leave that copy out (`combine_copies`). All tensors broadcast; active has a
+    trailing dimension of 1. Returns (output, reliable).
+    """
+    d_plus, d_minus = diff + excess, diff - excess
+    lim = active + 0.5 * tol
+    plus_ok, minus_ok = d_plus.abs() <= lim, d_minus.abs() <= lim
+    smaller = d_plus.abs() < d_minus.abs()
+    take_plus = torch.where(plus_ok == minus_ok, smaller, plus_ok)
+    flagged = excess.abs() > tol
+    out = torch.where(flagged, torch.where(take_plus, d_plus, d_minus), diff)
+    return out, ~(flagged & (plus_ok == minus_ok))
 
 
 @dataclass(frozen=True)
@@ -524,8 +624,12 @@ class SparseLayerDeviation:
     db: torch.Tensor
 
 
-def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float) -> LayerCells:
-    """Gather one layer's (a, b) in weight units from array conductances."""
+def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float,
+                  nominal_common_s: float | None = None) -> LayerCells:
+    """Gather one layer's (a, b, c, e) in weight units from array conductances.
+
+    nominal_common_s: G_P + G_AP of a healthy pair (the common mode's reference; None: c = 0).
+    """
     n, rows, cols = cells.g_p.shape
     plus, minus = lp.flat_index(cols)
     gp, gap = cells.g_p.reshape(n, rows * cols), cells.g_ap.reshape(n, rows * cols)
@@ -535,8 +639,11 @@ def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float) -> Layer
     gp_minus, gap_minus = gp[:, mf].view(shape), gap[:, mf].view(shape)
     a = gap_plus - gp_minus
     b = (gp_plus - gap_plus) + (gp_minus - gap_minus)
+    c = gap_plus + gp_minus - (nominal_common_s if nominal_common_s is not None
+                               else gap_plus + gp_minus)
+    e = (gp_plus - gap_plus) - (gp_minus - gap_minus)
     scale = 1.0 / (unit_s * lp.replicas)
-    return LayerCells((a.sum(dim=2) * scale).contiguous(), (b.sum(dim=2) * scale).contiguous())
+    return LayerCells(*((t.sum(dim=2) * scale).contiguous() for t in (a, b, c, e)))
 
 
 def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells:
@@ -559,5 +666,9 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
 def stack_layer_cells(per_die: Sequence[Sequence[LayerCells]]) -> list[LayerCells]:
     """Concatenate per-die layer cells (each with D=1 or more) along the die dimension."""
     n_layers = len(per_die[0])
-    return [LayerCells(torch.cat([d[i].a for d in per_die]), torch.cat([d[i].b for d in per_die]))
+    def cat(name: str, i: int) -> torch.Tensor | None:
+        parts = [getattr(d[i], name) for d in per_die]
+        return None if any(p is None for p in parts) else torch.cat(parts)
+
+    return [LayerCells(*(cat(name, i) for name in ("a", "b", "c", "e")))  # type: ignore[arg-type]
             for i in range(n_layers)]

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .mapping import LayerCells
+from .mapping import LayerCells, common_mode_readout
 
 
 class NetworkConfig(BaseModel):
@@ -32,6 +32,9 @@ class NetworkConfig(BaseModel):
     output_copies: int = Field(1, ge=1, description="redundant copies of each output neuron")
     copy_combine: str = Field("mean", pattern="^(mean|median)$")
     ste_window: float = Field(0.5, gt=0, description="hidden STE window, units of sqrt(n_in)")
+    readout: str = Field("diff", pattern="^(diff|common_mode)$",
+                         description="pair read-out (mapping.common_mode_readout)")
+    readout_tol: float = Field(4.0, gt=0, description="common-mode threshold, weight units")
     logit_scale: float = Field(0.25, gt=0, description="softmax logits per weight unit")
 
     @property
@@ -82,11 +85,22 @@ def step(z: torch.Tensor, width: float) -> torch.Tensor:
     return _StepSTE.apply(z, width)  # type: ignore[no-any-return]
 
 
-def combine_copies(scores: torch.Tensor, copies: int, how: str) -> torch.Tensor:
-    """(..., copies * n_classes) physical outputs -> (..., n_classes) class scores."""
+def combine_copies(scores: torch.Tensor, copies: int, how: str,
+                   reliable: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., copies * n_classes) physical outputs -> (..., n_classes) class scores.
+
+    reliable (bool, like scores): copies to use; a class whose copies are all unreliable
+    combines all of them.
+    """
     if copies == 1:
         return scores
     s = scores.unflatten(-1, (copies, scores.shape[-1] // copies))
+    if reliable is not None:
+        ok = reliable.unflatten(-1, s.shape[-2:])
+        ok = ok | ~ok.any(dim=-2, keepdim=True)
+        if how == "mean":
+            return (s * ok).sum(dim=-2) / ok.sum(dim=-2)
+        return torch.where(ok, s, torch.nan).nanmedian(dim=-2).values
     return s.mean(dim=-2) if how == "mean" else s.median(dim=-2).values
 
 
@@ -140,13 +154,33 @@ class BinaryNetwork(nn.Module):
         """
         h = x
         n_layers = len(self.weights)
+        common = self.config.readout == "common_mode" and cells is not None
+        reliable = None
         for i, w in enumerate(self.weights):
             s = binarize(w)
-            diff = 2.0 * s - 1.0 if cells is None else cells[i].a + s * cells[i].b
-            z = torch.matmul(h, diff)
+            z = torch.matmul(h, 2.0 * s - 1.0 if cells is None else cells[i].differential(s))
+            active = h.sum(dim=-1, keepdim=True)
             if noise_std > 0:
-                active = h.sum(dim=-1, keepdim=True).clamp_min(1.0).sqrt()
-                z = z + noise_std * active * torch.randn(z.shape, generator=generator)
+                z = z + noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
+                    z.shape, generator=generator)
+            if common:
+                z, reliable = self._read_out(z, h, s, cells[i], active)
             if i < n_layers - 1:
                 h = step(z, self.config.ste_window * math.sqrt(w.shape[1]))
-        return combine_copies(z, self.config.output_copies, self.config.copy_combine)
+        return combine_copies(z, self.config.output_copies, self.config.copy_combine,
+                              reliable)
+
+    def _read_out(self, diff: torch.Tensor, h: torch.Tensor, s: torch.Tensor,
+                  cells: LayerCells, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The common-mode read-out of one layer. Its repair is a constant offset for the
+        gradient (straight through): the excess carries no gradient (and no training noise:
+        the threshold absorbs read noise), only diff does."""
+        with torch.no_grad():
+            mat = cells.excess(s.detach())
+            if mat is None:
+                return diff, torch.ones(diff.shape, dtype=torch.bool)
+            excess = torch.matmul(h.detach(), mat)
+            fixed, reliable = common_mode_readout(diff.detach(), excess, active,
+                                                  self.config.readout_tol)
+            offset = fixed - diff.detach()
+        return diff + offset, reliable

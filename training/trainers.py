@@ -186,8 +186,7 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
             chunk = layout.sparse_layer_cells(
                 stats.sample_sparse(m * config.prefetch_steps, generator=g, scale=scale))
             for k in range(config.prefetch_steps - 1, -1, -1):
-                buffer.append([LayerCells(c.a[k * m:(k + 1) * m], c.b[k * m:(k + 1) * m])
-                               for c in chunk])
+                buffer.append([c.slice(k * m, (k + 1) * m) for c in chunk])
         return buffer.pop()
 
     net = _init_net(net_config, 1, seed, init)

@@ -106,9 +106,10 @@ def test_snapshot_lists_values_units_and_ranges() -> None:
     with connected(
         checked("SOUR:READ:VOLT?", "0.1"), checked("SOUR:PULS:AMPL?", "0.9"),
         checked("SOUR:PULS:WIDT?", "5e-08"), checked("SENS:CURR:COMP?", "0.01"),
-        checked("OUTP?", "1"), checked("CONT?", "0"),
+        checked("SENS:AVER:COUN?", "16"), checked("OUTP?", "1"), checked("CONT?", "0"),
     ) as xbar:
         snap = xbar.snapshot()
+    assert snap["averages"]["value"] == 16 and snap["averages"]["allowed"] == "1 to 1024"
     assert snap["read_voltage_v"] == {"value": 0.1, "doc": "read voltage", "units": "V",
                                       "allowed": "0.01 to 0.5", "settable": True}
     assert snap["array_size"]["value"] == (ROWS, COLS)

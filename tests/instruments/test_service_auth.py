@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from instruments.cli import main as service_main
 from instruments.client import Client, RequestRejectedError
 from instruments.service import check_bind, serve
-from instruments.service_cli import main as service_main
 
 from .service_support import TOKEN, client, live, station_yaml
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instruments.service_cli import main
+from instruments.cli import main
 
 from .service_support import live
 

@@ -38,10 +38,17 @@ def test_hat_for_one_die_over_http(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_and_evaluate_jobs_use_the_loop(tmp_path: Path) -> None:
-    """Needs instruments.loop (train_from_store, evaluate_from_store); fails clearly without."""
+    """Train and evaluate jobs run instruments.offline on the sweep the service measured."""
     with live(tmp_path) as (url, _app), client(url) as c:
         assert c.wait(c.submit("sweep")["id"], timeout_s=120)["state"] == "succeeded"
+        done = {}
         for kind, params in (("train", {"method": "baseline"}), ("evaluate", {})):
             job = c.wait(c.submit(kind, **params)["id"], timeout_s=1800)
             assert job["state"] == "succeeded", f"{kind} job: {job['error']}"
-            c.result(job["id"])
+            done[kind] = (job["summary"]["result"], c.result(job["id"]))
+    trained, _ = done["train"]
+    assert trained["method"] == "baseline" and trained["baseline_error_pct"] < 50
+    evaluated, _ = done["evaluate"]
+    unaware = evaluated["methods"]["unaware"]
+    assert len(unaware["per_die"]) == trained["dies"]
+    assert unaware["mean"] >= evaluated["baseline_error_pct"]  # defects only hurt on average

@@ -21,9 +21,9 @@ from .service_support import REPO_ROOT, client, station_yaml
 
 @contextmanager
 def serve_process(station: Path, store: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m instruments.service_cli serve` on a free loopback port; yields (proc, url)."""
+    """`python -m instruments.cli serve` on a free loopback port; yields (proc, url)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "instruments.service_cli", "serve", "--station", str(station),
+        [sys.executable, "-m", "instruments.cli", "serve", "--station", str(station),
          "--port", "0", "--store", str(store)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "MTJLAB_TOKEN": ""})

@@ -53,7 +53,7 @@ DOCUMENTED = documented_commands()
 ROWS, COLS = 100, 200
 PLACEHOLDERS = {
     "<V>": "0.1", "<s>": "5e-8", "<A>": "0.01", "<ON|OFF>": "ON", "<row>": "0", "<col>": "0",
-    "<state>": "1",
+    "<state>": "1", "<n>": "4",
 }
 
 

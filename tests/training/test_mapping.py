@@ -111,6 +111,8 @@ def test_sparse_path_equals_dense(small_maps) -> None:
     for a, b in zip(dense, fast, strict=True):
         torch.testing.assert_close(a.a, b.a, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a.b, b.b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.c, b.c, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(a.e, b.e, atol=1e-5, rtol=1e-5)
 
 
 def test_measured_resistance_and_maps() -> None:

@@ -1,0 +1,280 @@
+"""Training, evaluation and reports from a run store: `mtjlab train`, `evaluate`, `report`.
+
+These work on what a sweep stored, without the instruments: `train` fits one method on the
+latest sweep's measured defect maps and keeps its weights (and per-die placements) as a "train"
+run; `evaluate` runs every trained method on the measured dies (emulated from their defect maps
+and fitted device conductances, batched over dies) and keeps the summary as an "evaluate" run;
+`report` writes summary.json, report.md and plots from the latest demo or evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.datasets import BinaryData, load_default
+from training.evaluation import evaluate_on_dies
+from training.experiment import (
+    ExperimentConfig,
+    Setup,
+    prepare,
+    run_baseline,
+    run_hat,
+    run_placement,
+    run_sat,
+)
+from training.mapping import ArrayLayout
+from training.sensitivity import loss_distribution
+from training.trainers import TrainResult
+
+from . import __version__
+from .loop import MeasuredWafer, load_measurements, summarize
+from .report import table, write_report
+from .store import RunStore, StoreError
+
+TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
+TRAIN_METHODS = ("baseline", "hat", "sat")
+#: what each trained method is evaluated as: baseline weights on any die are "unaware"
+EVALUATED_AS = {"baseline": ("unaware",), "hat": ("hat",), "sat": ("sat", "placed")}
+WHOLE_RUN = "-"  # die key of per-run arrays and records
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _data_label(data_dir: str | None) -> str:
+    return data_dir or "embedded (scikit-learn digits)"
+
+
+@dataclass
+class Trained:
+    """One method's stored training: weights (1 or D per layer) and per-die layouts if placed."""
+
+    run_id: int
+    method: str
+    weights: list[torch.Tensor]
+    layouts: list[ArrayLayout] | None
+    info: dict[str, Any]
+
+
+def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,
+                  data_dir: str | None, config: ExperimentConfig, result: TrainResult,
+                  layouts: list[ArrayLayout] | None, info: dict[str, Any]) -> int:
+    sweep_row = store.run_row(measured.run_id)
+    run_id = store.create_run(
+        TRAIN_KIND, sweep_row["station_yaml"],
+        {"method": method, "sweep_run": measured.run_id, "data": data_dir,
+         "experiment": config.model_dump(mode="json")},
+        __version__, {"training": seed})
+    arrays = {f"weights/L{k}": w.detach().numpy().astype(np.int8)
+              for k, w in enumerate(result.weights)}
+    store.put(run_id, WHOLE_RUN, arrays=arrays, records={"train": info})
+    for key, layout in zip(measured.keys, layouts or [], strict=False):
+        store.put(run_id, key, arrays={f"layout/{n}": a
+                                       for n, a in layout.placement_arrays().items()})
+    store.set_status(run_id, "finished")
+    return run_id
+
+
+def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]) -> Trained:
+    info = store.record(run_id, WHOLE_RUN, "train")
+    if info is None:
+        raise StoreError(f"{store.path}: training run {run_id} is incomplete; train again")
+    weights = _stored_weights(store, run_id)
+    names = {name for _die, name in store.array_names(run_id)}
+    layouts = None
+    if "layout/L0/rows" in names:
+        layouts = [setup.layout.with_placement_arrays(
+            {n: store.array(run_id, key, f"layout/{n}")
+             for n in setup.layout.placement_arrays()}) for key in keys]
+    return Trained(run_id, info["method"], weights, layouts, info)
+
+
+def _stored_weights(store: RunStore, run_id: int) -> list[torch.Tensor]:
+    """A training run's binary weights, one (1 or D, n_in, n_out) tensor per layer."""
+    names = {name for die, name in store.array_names(run_id) if die == WHOLE_RUN}
+    weights, k = [], 0
+    while f"weights/L{k}" in names:
+        weights.append(torch.as_tensor(store.array(run_id, WHOLE_RUN, f"weights/L{k}"),
+                                       dtype=torch.float32))
+        k += 1
+    if not weights:
+        raise StoreError(f"{store.path}: training run {run_id} holds no weights")
+    return weights
+
+
+def _latest_trained(store: RunStore, measured: MeasuredWafer) -> dict[str, int]:
+    """The latest finished training run of each method on this sweep."""
+    found: dict[str, int] = {}
+    for run in store.runs():
+        if run.kind != TRAIN_KIND or run.status != "finished":
+            continue
+        meta = json_snapshot(store, run.run_id)
+        if meta.get("sweep_run") == measured.run_id:
+            found[meta["method"]] = run.run_id
+    return found
+
+
+def _open(store_path: str | Path) -> RunStore:
+    return RunStore(store_path, create=False)
+
+
+def train_from_store(store_path: str | Path, method: str, seed: int = 0,
+                     data_dir: str | None = None, quiet: bool = True,
+                     config: ExperimentConfig | None = None) -> dict[str, Any]:
+    """Train `method` (baseline | hat | sat) on the latest sweep's measured maps; store it.
+
+    HAT and SAT start from the store's baseline for this sweep, training one first if there is
+    none. SAT's weights are also placed on every measured die (the `placed` method).
+    """
+    if method not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TRAIN_METHODS)}")
+    config = config or ExperimentConfig()
+    t0 = time.perf_counter()
+    data = load_default(data_dir, seed=seed)
+    with _open(store_path) as store:
+        measured = load_measurements(store)
+        if method == "baseline":
+            run_id, _weights, base_err = _train_baseline(store, measured, data, data_dir, seed,
+                                                         config, quiet)
+        else:
+            setup = prepare(measured.maps, measured.device_model(), config)
+            baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
+                                               quiet)
+            if method == "hat":
+                _say(quiet, f"hardware-aware training for {len(measured.dies)} dies")
+                result, layouts = run_hat(data, setup, baseline, config, seed)
+            else:
+                _say(quiet, "statistics-aware training")
+                result = run_sat(data, setup, baseline, config, seed)
+                _say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
+                layouts = run_placement(data, setup, result.weights, config)
+            info = _info(method, measured, data_dir, seed, base_err)
+            run_id = _save_trained(store, measured, method, seed, data_dir, config, result,
+                                   layouts, info | {"epoch_s": result.mean_epoch_s})
+    _say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} measured dies "
+                f"(software baseline error {base_err:.2f} %)")
+    return _info(method, measured, data_dir, seed, base_err) | {
+        "run_id": run_id, "seconds": time.perf_counter() - t0}
+
+
+def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
+          base_err: float) -> dict[str, Any]:
+    return {"method": method, "sweep_run": measured.run_id, "dies": len(measured.dies),
+            "data": _data_label(data_dir), "data_dir": data_dir, "seed": seed,
+            "baseline_error_pct": base_err}
+
+
+def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
+                    data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool
+                    ) -> tuple[int, list[torch.Tensor], float]:
+    _say(quiet, "training the software baseline")
+    result, err = run_baseline(data, config, seed)
+    info = _info("baseline", measured, data_dir, seed, err) | {"epoch_s": result.mean_epoch_s}
+    run_id = _save_trained(store, measured, "baseline", seed, data_dir, config, result, None,
+                           info)
+    return run_id, result.weights, err
+
+
+def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
+                  data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool
+                  ) -> tuple[list[torch.Tensor], float]:
+    """The stored baseline for this sweep, data and seed, or a newly trained (and stored) one."""
+    run_id = _latest_trained(store, measured).get("baseline")
+    if run_id is not None:
+        info = store.record(run_id, WHOLE_RUN, "train") or {}
+        if info.get("data_dir") == data_dir and info.get("seed") == seed:
+            return _stored_weights(store, run_id), float(info["baseline_error_pct"])
+    _run_id, weights, err = _train_baseline(store, measured, data, data_dir, seed, config,
+                                            quiet)
+    return weights, err
+
+
+def evaluate_from_store(store_path: str | Path, seed: int = 0, data_dir: str | None = None,
+                        quiet: bool = True, loss_maps: int = 200) -> dict[str, Any]:
+    """Every trained method on every measured die; the summary is stored and returned.
+
+    Dies are emulated from their measured defect maps and the fitted device conductances.
+    data_dir: the test set (default: the one the weights were trained on).
+    """
+    with _open(store_path) as store:
+        measured = load_measurements(store)
+        trained_runs = _latest_trained(store, measured)
+        if not trained_runs:
+            raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
+                             "run `mtjlab train` first")
+        first = store.record(next(iter(trained_runs.values())), WHOLE_RUN, "train")
+        config = ExperimentConfig.model_validate(json_snapshot(store, next(iter(
+            trained_runs.values())))["experiment"])
+        setup = prepare(measured.maps, measured.device_model(), config)
+        data_dir = data_dir if data_dir is not None else first.get("data_dir")
+        data = load_default(data_dir, seed=seed)
+        base_err = float(first["baseline_error_pct"])
+        methods: dict[str, Any] = {}
+        shared: dict[str, list[torch.Tensor]] = {}
+        for method in TRAIN_METHODS:
+            if method not in trained_runs:
+                continue
+            trained = _load_trained(store, trained_runs[method], setup, measured.keys)
+            shared[method] = trained.weights
+            for name in EVALUATED_AS[method]:
+                fixed = name in ("unaware", "sat")
+                layout = setup.layout if fixed or trained.layouts is None else trained.layouts
+                errors = evaluate_on_dies(trained.weights, data.x_test, data.y_test, layout,
+                                          setup.cells, config.network, base_err)
+                methods[name] = summarize(dict(zip(measured.keys,
+                                                   map(float, errors.per_die), strict=True)),
+                                          base_err)
+        losses = {label: loss_distribution(shared[m], data.x_test, data.y_test, setup.layout,
+                                           setup.stats, config.network, n_maps=loss_maps,
+                                           seed=seed).losses
+                  for m, label in (("baseline", "baseline"), ("sat", "SAT")) if m in shared}
+        summary: dict[str, Any] = {
+            "seed": seed, "data": _data_label(data_dir), "dies": len(measured.dies),
+            "baseline_error_pct": base_err, "methods": methods,
+            "source": "emulated from measured defect maps",
+            "loss_std": {k: float(v.std()) for k, v in losses.items()},
+        }
+        run_id = store.create_run(EVALUATE_KIND, store.run_row(measured.run_id)["station_yaml"],
+                                  {"sweep_run": measured.run_id, "trained": trained_runs},
+                                  __version__, {"evaluation": seed})
+        store.put(run_id, WHOLE_RUN, arrays={f"losses/{k}": v for k, v in losses.items()},
+                  records={"summary": summary})
+        store.set_status(run_id, "finished")
+    if not quiet:
+        print(table(summary))
+    return summary
+
+
+def json_snapshot(store: RunStore, run_id: int) -> dict[str, Any]:
+    """A run's snapshot as a dict."""
+    return dict(json.loads(store.run_row(run_id)["snapshot_json"]))
+
+
+def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
+    """summary.json, report.md and plots from the store's latest demo or evaluation."""
+    with _open(store_path) as store:
+        candidates = [r.run_id for r in store.runs()
+                      if r.kind in ("demo", EVALUATE_KIND) and r.status == "finished"
+                      and store.record(r.run_id, WHOLE_RUN, "summary") is not None]
+        if not candidates:
+            raise StoreError(f"{store.path}: no finished demo or evaluation to report; run "
+                             "`mtjlab evaluate` first")
+        run_id = max(candidates)
+        summary = store.record(run_id, WHOLE_RUN, "summary")
+        sweep_run = json_snapshot(store, run_id).get("sweep_run", run_id)
+        measured = load_measurements(store, sweep_run)
+        losses = {name.removeprefix("losses/"): store.array(run_id, WHOLE_RUN, name)
+                  for die, name in store.array_names(run_id)
+                  if die == WHOLE_RUN and name.startswith("losses/")}
+    write_report(Path(out), summary, measured.defect_rates(), measured.grid, losses or None)
+    return dict(summary)

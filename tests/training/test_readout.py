@@ -1,0 +1,86 @@
+"""The common-mode read-out: one code path for the chip (ArrayLayout.infer) and training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.defects import CellDefect
+from training.mapping import (
+    P_STATE,
+    ArrayCells,
+    ArrayLayout,
+    cells_from_kinds,
+    common_mode_readout,
+)
+from training.network import BinaryNetwork, NetworkConfig, combine_copies
+
+
+def _programmed_currents(layout: ArrayLayout, cells: ArrayCells, weights: list[np.ndarray]):
+    """Column currents of die 0 of `cells` programmed with `weights` (a software chip)."""
+    st = layout.target_states(weights)
+    g = np.where(st == P_STATE, cells.g_p[0].numpy(), cells.g_ap[0].numpy()).astype(np.float64)
+    return lambda rows: layout.device.v_read_v * rows.astype(np.float64) @ g
+
+
+def test_readout_repairs_a_short_and_a_dead_column() -> None:
+    # pair outputs with n = 10 active inputs, true value 4
+    active = torch.tensor([[10.0]])
+    true = torch.tensor([[4.0, 4.0, 4.0]])
+    # a short of +9 units on the plus column, on the minus column, no defect
+    diff = true + torch.tensor([[9.0, -9.0, 0.0]])
+    excess = torch.tensor([[9.0, 9.0, 0.3]])
+    out, ok = common_mode_readout(diff, excess, active, tol=4.0)
+    # plus short: d_minus = 4 possible, d_plus = 22 impossible (> n): repaired
+    assert out[0, 0] == pytest.approx(4.0) and ok[0, 0]
+    # minus short: d_plus = 4, d_minus = -14 impossible: repaired
+    assert out[0, 1] == pytest.approx(4.0) and ok[0, 1]
+    assert out[0, 2] == pytest.approx(4.0) and ok[0, 2]
+    # dead plus column: I_plus = 0, minus column alone still tells the value
+    n, val = 10.0, 2.0
+    i_minus = (n + val) / 2 * 1.0 + (n - val) / 2 * 2.0  # G_AP = 1, G_P = 2 units
+    out, ok = common_mode_readout(torch.tensor([[-i_minus]]), torch.tensor([[i_minus - 3 * n]]),
+                                  torch.tensor([[n]]), tol=4.0)
+    assert out[0, 0] == pytest.approx(val) and ok[0, 0]
+    # ambiguous (both estimates possible): flagged unreliable
+    out, ok = common_mode_readout(torch.tensor([[9.0]]), torch.tensor([[9.0]]),
+                                  torch.tensor([[30.0]]), tol=4.0)
+    assert not ok[0, 0] and out[0, 0] == pytest.approx(0.0)
+
+
+def test_combine_copies_leaves_out_unreliable() -> None:
+    s = torch.tensor([[1.0, 10.0, 3.0, 20.0, 5.0, 30.0]])  # 3 copies x 2 classes
+    ok = torch.tensor([[True, False, False, False, True, True]])
+    got = combine_copies(s, 3, "mean", ok)
+    torch.testing.assert_close(got, torch.tensor([[3.0, 30.0]]))  # copies 0, 2 | copy 2
+    torch.testing.assert_close(combine_copies(s, 3, "median", ok), torch.tensor([[1.0, 30.0]]))
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_chip_inference_equals_training_forward(copies: int) -> None:
+    """layout.infer on a defective chip's currents gives the forward pass's decisions, and the
+    read-out changes decisions (a test that fails if it were a no-op)."""
+    rng = np.random.default_rng(1)
+    sizes = (24, 8, 3)
+    net_cfg = NetworkConfig(sizes=sizes, output_copies=copies, readout="common_mode")
+    lo = ArrayLayout.default(sizes, 24, 40, copies, readout="common_mode")
+    kinds = np.where(rng.random((24, 40)) < 0.04, rng.integers(1, 5, (24, 40)), 0)
+    kinds[rng.random(kinds.shape) < 0.03] = CellDefect.SHORT
+    kinds[:, 3] = CellDefect.OPEN  # a dead column
+    dev = lo.device  # per-device variation: no exact ties between the two code paths
+    g_p = torch.tensor(dev.g_p_s * rng.lognormal(0, 0.03, kinds.shape), dtype=torch.float32)
+    g_ap = torch.tensor(dev.g_ap_s * rng.lognormal(0, 0.03, kinds.shape), dtype=torch.float32)
+    cells = cells_from_kinds(kinds.astype(np.int8), dev, g_p=g_p, g_ap=g_ap)
+    net = BinaryNetwork(net_cfg, seed=3)
+    w = [wi[0].numpy() for wi in net.binary_weights()]
+    x = rng.integers(0, 2, (300, sizes[0]))
+    chip = lo.infer(x, _programmed_currents(lo, cells, w))
+    with torch.no_grad():
+        scores = net(torch.as_tensor(x, dtype=torch.float32), lo.layer_cells(cells))[0]
+    top2 = scores.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-3).numpy()
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(chip[clear], scores.argmax(-1).numpy()[clear])
+    plain = ArrayLayout.default(sizes, 24, 40, copies).infer(x, _programmed_currents(lo, cells, w))
+    assert (plain != chip).mean() > 0.05
