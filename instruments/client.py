@@ -167,12 +167,18 @@ class Client:
                 response.read()
                 self._raise_for(response)
             data: list[str] = []
+            event = "message"
             for line in response.iter_lines():
-                if line.startswith("data:"):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
                     data.append(line[5:].strip())
                 elif not line and data:
-                    yield json.loads("\n".join(data))
-                    data = []
+                    payload = json.loads("\n".join(data))
+                    if event == "error":
+                        raise ServiceError(f"job {job_id}: {payload.get('detail', payload)}")
+                    yield payload
+                    data, event = [], "message"
 
     def wait(self, job_id: int, timeout_s: float | None = None) -> dict[str, Any]:
         """Block until the job ends; returns its final state (whatever it is)."""

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -348,9 +348,24 @@ class Worker:
         self._ready.set()
         try:
             while (job := self._next()) is not None:
-                self._execute(station, job)
+                try:
+                    self._execute(station, job)
+                except Exception as err:  # bookkeeping or safe_state failed: keep serving
+                    log.exception("job %d: the worker could not finish it cleanly", job["id"])
+                    self._fail_quietly(station, job["id"], err)
+        except BaseException as err:
+            self.error = err
+            log.exception("the worker stopped")
+            raise
         finally:
             station.close()
+
+    def _fail_quietly(self, station: Any, job_id: int, err: BaseException) -> None:
+        """Best effort after an unexpected error: instruments safe, job marked failed."""
+        with suppress(Exception):
+            station.safe_state()
+        with suppress(Exception):
+            self.jobs.finish(job_id, "failed", error=f"{type(err).__name__}: {err}")
 
     def _next(self) -> dict[str, Any] | None:
         with self._wake:

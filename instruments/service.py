@@ -111,6 +111,10 @@ def _sse(view: dict[str, Any]) -> str:
     return f"event: job\nid: {view['version']}\ndata: {json.dumps(view)}\n\n"
 
 
+def _sse_error(detail: str) -> str:
+    return f"event: error\ndata: {json.dumps({'detail': detail})}\n\n"
+
+
 # ---- ASGI middleware: auth and body size --------------------------------------------------------
 async def _reject(send: Callable[..., Any], status: int, detail: str,
                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -288,6 +292,9 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     def submit(job: JobRequest = Body(...)) -> dict[str, Any]:  # noqa: B008
         """Queue a job after checking it against the station (wafer map, shapes, limits)."""
         assert svc.worker.info is not None
+        if not svc.worker.alive:
+            why = f" ({svc.worker.error})" if svc.worker.error else ""
+            raise HTTPException(503, f"the worker has stopped{why}; restart the service")
         validate_job(job, svc.worker.info, svc.store_path)
         params = job.model_dump(mode="json", exclude={"kind"})
         view = svc.jobs.submit(job.kind, params)
@@ -368,6 +375,9 @@ async def _stream(svc: Service, job_id: int, first: dict[str, Any], queue: async
         if first["state"] in TERMINAL:
             return
         while True:
+            if not svc.worker.alive:  # nothing will ever finish this job
+                yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
+                return
             try:
                 view = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
             except asyncio.TimeoutError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mapping import ArrayCells, ArrayLayout, LayerCells, SparseLayerDeviation, stack_layer_cells
+from .mapping import ArrayCells, ArrayLayout, LayerCells, SparseLayerDeviation, dies_layers
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
 
@@ -202,17 +202,13 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
     """
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
-    if isinstance(layout, ArrayLayout):
-        devs = (layout.sparse_deviations(cells)
-                if shared and len(weights) == 2 and net_config.readout == "diff" else None)
+    if (isinstance(layout, ArrayLayout) and shared and len(weights) == 2
+            and net_config.readout == "diff"):
+        devs = layout.sparse_deviations(cells)
         if devs is not None:
             return DieErrors(_deviation_errors(weights, x, y, devs, net_config), baseline_pct)
-        layer_cells = layout.layer_cells(cells)
-    else:
-        if len(layout) != cells.n:
-            raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
-        layer_cells = stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
-    return DieErrors(error_rates(weights, x, y, net_config, layer_cells), baseline_pct)
+    return DieErrors(error_rates(weights, x, y, net_config, dies_layers(layout, cells)),
+                     baseline_pct)
 
 
 def software_error(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,

@@ -18,6 +18,7 @@ swing u = G_P - G_AP, so a healthy w = +1 pair contributes +1 and a short about 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -469,9 +470,14 @@ class ArrayLayout:
         return cache
 
     def sparse_layer_cells(self, defects: SparseDefects) -> list[LayerCells]:
-        """Per-layer conductances of sampled maps (nominal healthy cells) straight from the
-        sparse defect list: nominal (a, b) plus additive per-device corrections. Fast path of
-        statistics-aware training; equals layer_cells(cells_from_sparse(defects, device))."""
+        """Dense per-layer conductances of sampled maps (nominal healthy cells); equals
+        layer_cells(cells_from_sparse(defects, device))."""
+        return [d.dense() for d in self.sampled_deviations(defects)]
+
+    def sampled_deviations(self, defects: SparseDefects) -> list[SparseLayerDeviation]:
+        """Per-layer deviations of sampled maps (nominal healthy cells) straight from the sparse
+        defect list, one entry per defective cell a layer uses. Fast path of statistics-aware
+        training and of the loss distribution."""
         if (defects.rows, defects.cols) != (self.rows, self.cols):
             raise ValueError(f"defects of a {defects.rows} x {defects.cols} array for a "
                              f"{self.rows} x {self.cols} layout")
@@ -484,22 +490,22 @@ class ArrayLayout:
             k == CellDefect.SHORT, torch.where(r > 0, measured, dev.g_short_s),
             torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
                         torch.where(k == CellDefect.STUCK_P, dev.g_p_s, dev.g_ap_s)))
-        # plus device fixed at g: a += g - g_ap; minus device fixed at g: a -= g - g_p; b -= u
-        # common mode: c += (g - nominal of the device at w = -1), e -= side (per unit)
-        da = torch.where(side > 0, g - dev.g_ap_s, dev.g_p_s - g) / dev.unit_s
-        out = []
-        for i, lp in enumerate(self.layers):
-            sel = layer == i
-            size = lp.n_in * lp.n_out
-            idx = defects.die[sel] * size + pos[sel]
-            shape = (defects.n, lp.n_in, lp.n_out)
-            parts = []
-            for start, delta in ((-1.0, da[sel]), (2.0, torch.full((idx.numel(),), -1.0)),
-                                 (0.0, side[sel] * da[sel]), (0.0, -side[sel].float())):
-                t = torch.full((defects.n * size,), start)
-                parts.append(t.index_add_(0, idx, delta / lp.replicas).view(shape))
-            out.append(LayerCells(*parts))
-        return out
+        # a device fixed at g: a += g - (its nominal at w = -1) on the plus side, minus that on
+        # the minus side; b -= 1; common mode c += g - nominal at w = -1, e -= side
+        dc = torch.where(side > 0, g - dev.g_ap_s, g - dev.g_p_s) / dev.unit_s
+        sf = side.float()
+        return [self._deviation(i, defects.n, defects.die, pos, layer == i, sf * dc,
+                                -torch.ones_like(dc), dc, -sf) for i in range(len(self.layers))]
+
+    def _deviation(self, i: int, n: int, die: torch.Tensor, pos: torch.Tensor,
+                   sel: torch.Tensor, da: torch.Tensor, db: torch.Tensor, dc: torch.Tensor,
+                   de: torch.Tensor) -> SparseLayerDeviation:
+        """Layer i's deviations from per-device ones (selected by sel), per replica row."""
+        lp = self.layers[i]
+        p = pos[sel]
+        return SparseLayerDeviation(n, lp.n_in, lp.n_out, die[sel], p // lp.n_out,
+                                    p % lp.n_out, *(t[sel] / lp.replicas for t in (da, db, dc,
+                                                                                 de)))
 
     def sparse_deviations(self, cells: ArrayCells, max_density: float = 0.05
                           ) -> list[SparseLayerDeviation] | None:
@@ -526,18 +532,11 @@ class ArrayLayout:
         # minus device: a = G_AP(plus) - g_p(minus), b gains g_p - g_ap of the minus device
         da = torch.where(side > 0, g_ap - dev.g_ap_s, dev.g_p_s - g_p) / dev.unit_s
         db = ((g_p - g_ap) - dev.unit_s) / dev.unit_s
-        out = []
-        for i, lp in enumerate(self.layers):
-            sel = layer == i
-            key = die[sel] * (lp.n_in * lp.n_out) + pos[sel]
-            uniq, inv = torch.unique(key, return_inverse=True)
-            sda = torch.zeros(uniq.numel()).index_add_(0, inv, da[sel] / lp.replicas)
-            sdb = torch.zeros(uniq.numel()).index_add_(0, inv, db[sel] / lp.replicas)
-            size = lp.n_in * lp.n_out
-            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, uniq // size,
-                                            (uniq % size) // lp.n_out, uniq % lp.n_out,
-                                            sda, sdb))
-        return out
+        # common mode: c deviates by the device's own w = -1 deviation, e by side * db
+        dc = torch.where(side > 0, g_ap - dev.g_ap_s, g_p - dev.g_p_s) / dev.unit_s
+        sf = side.float()
+        return [self._deviation(i, n, die, pos, layer == i, da, db, dc, sf * db)
+                for i in range(len(self.layers))]
 
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
         """Per-layer conductances (weight units) of D arrays with this layout."""
@@ -573,16 +572,56 @@ class LayerCells:
         return LayerCells(*(None if t is None else t[start:stop]
                             for t in (self.a, self.b, self.c, self.e)))
 
-    def differential(self, s: torch.Tensor) -> torch.Tensor:
-        """Matrix of I_plus - I_minus for weight bits s: a + s b."""
-        return self.a + s * self.b
+    def differential(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """I_plus - I_minus (weight units) of inputs h for weight bits s: h @ (a + s b)."""
+        return torch.matmul(h, torch.addcmul(self.a, s, self.b))
 
-    def excess(self, s: torch.Tensor) -> torch.Tensor | None:
-        """Matrix of the common-mode excess for weight bits s (None: healthy everywhere)."""
-        return None if self.c is None or self.e is None else self.c + s * self.e
+    def excess(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
+        """Common-mode excess (weight units) of inputs h for weight bits s (None: c, e unset).
+
+        h: (B, n_in) shared or (n, b, n_in) one group per cell set; s: (n_in, n_out), (1, ..)
+        or (n, ..). c and e vanish except at defective cells, so this is a sparse product
+        (cost grows with the number of defects, not of cells); returns (n, b, n_out).
+        """
+        if self.c is None or self.e is None:
+            return None
+        n, n_in, n_out = self.a.shape
+        dense_macs = h.numel() * n_out * (n if h.ndim == 2 else 1)
+        support = self._excess_support() if dense_macs > SPARSE_MIN_MACS else None
+        if support is None:  # small, or deviations everywhere (device variation): dense
+            return torch.matmul(h, torch.addcmul(self.c, s, self.e))
+        die, row, col, cv, ev = support
+        s_at = s[die, row, col] if s.ndim == 3 and s.shape[0] > 1 else s.reshape(
+            n_in, n_out)[row, col]
+        if h.ndim == 2:
+            idx, dense = torch.stack([die * n_out + col, row]), h.T
+        else:
+            if h.shape[0] != n:
+                h = h.expand(n, *h.shape[1:])
+            idx = torch.stack([die * n_out + col, die * n_in + row])
+            dense = h.transpose(1, 2).reshape(n * n_in, -1)
+        mat = torch.sparse_coo_tensor(idx, cv + s_at * ev, (n * n_out, dense.shape[0]),
+                                      check_invariants=False)
+        return torch.sparse.mm(mat, dense.to(cv.dtype)).view(n, n_out, -1).transpose(1, 2)
+
+    def _excess_support(self, max_density: float = 0.05) -> tuple[torch.Tensor, ...] | None:
+        """(die, row, col, c, e) where c or e is non-zero (beyond rounding), None if that is
+        more than max_density of the cells. Cached."""
+        if "_support" not in self.__dict__:
+            assert self.c is not None and self.e is not None
+            c, e = self.c.expand_as(self.a), self.e.expand_as(self.a)
+            nz = (c.abs() > 1e-5) | (e.abs() > 1e-5)
+            cache = None
+            if float(nz.float().mean()) <= max_density:
+                die, row, col = nz.nonzero(as_tuple=True)
+                cache = (die, row, col, c[die, row, col], e[die, row, col])
+            object.__setattr__(self, "_support", cache)
+        return self.__dict__["_support"]  # type: ignore[no-any-return]
 
 
 READOUTS = ("diff", "common_mode")
+#: below this many multiply-adds a dense common-mode product beats the sparse one's overhead
+SPARSE_MIN_MACS = 4_000_000
 
 
 def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
@@ -600,19 +639,22 @@ def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.
     trailing dimension of 1. Returns (output, reliable).
     """
     d_plus, d_minus = diff + excess, diff - excess
+    a_plus, a_minus = d_plus.abs(), d_minus.abs()
     lim = active + 0.5 * tol
-    plus_ok, minus_ok = d_plus.abs() <= lim, d_minus.abs() <= lim
-    smaller = d_plus.abs() < d_minus.abs()
-    take_plus = torch.where(plus_ok == minus_ok, smaller, plus_ok)
+    plus_bad, minus_bad = a_plus > lim, a_minus > lim
+    ambiguous = plus_bad == minus_bad
+    take_plus = torch.where(ambiguous, a_plus < a_minus, minus_bad)
     flagged = excess.abs() > tol
     out = torch.where(flagged, torch.where(take_plus, d_plus, d_minus), diff)
-    return out, ~(flagged & (plus_ok == minus_ok))
+    return out, ~(flagged & ambiguous)
 
 
 @dataclass(frozen=True)
 class SparseLayerDeviation:
-    """A layer's deviations from the ideal array on D dies: at (die, input, output), the layer
-    sees a = -1 + da and b = 2 + db (weight units); everywhere else the ideal a = -1, b = 2."""
+    """A layer's deviations from the ideal array on D dies (or sampled maps): at (die, input,
+    output), the layer sees a = -1 + da, b = 2 + db and a common-mode excess dc + s de (weight
+    units); everywhere else the ideal a = -1, b = 2 and no excess. Entries are sorted by die
+    and add up where they repeat (both devices of a pair, row replicas)."""
 
     n: int
     n_in: int
@@ -622,6 +664,16 @@ class SparseLayerDeviation:
     col: torch.Tensor
     da: torch.Tensor
     db: torch.Tensor
+    dc: torch.Tensor
+    de: torch.Tensor
+
+    def dense(self) -> LayerCells:
+        """The same deviations as dense `LayerCells`."""
+        shape = (self.n, self.n_in, self.n_out)
+        idx = (self.die * self.n_in + self.row) * self.n_out + self.col
+        parts = [torch.full((math.prod(shape),), v).index_add_(0, idx, d).view(shape)
+                 for v, d in ((-1.0, self.da), (2.0, self.db), (0.0, self.dc), (0.0, self.de))]
+        return LayerCells(*parts)
 
 
 def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float,
@@ -661,6 +713,16 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
     g_ap[defects.die, defects.flat] = fixed
     shape = (n, defects.rows, defects.cols)
     return ArrayCells(g_p.view(shape), g_ap.view(shape))
+
+
+def dies_layers(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells
+                ) -> list[LayerCells]:
+    """What each layer sees on D dies, with one layout for all or one per die."""
+    if isinstance(layout, ArrayLayout):
+        return layout.layer_cells(cells)
+    if len(layout) != cells.n:
+        raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
+    return stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
 
 
 def stack_layer_cells(per_die: Sequence[Sequence[LayerCells]]) -> list[LayerCells]:

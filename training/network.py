@@ -158,7 +158,7 @@ class BinaryNetwork(nn.Module):
         reliable = None
         for i, w in enumerate(self.weights):
             s = binarize(w)
-            z = torch.matmul(h, 2.0 * s - 1.0 if cells is None else cells[i].differential(s))
+            z = torch.matmul(h, 2.0 * s - 1.0) if cells is None else cells[i].differential(h, s)
             active = h.sum(dim=-1, keepdim=True)
             if noise_std > 0:
                 z = z + noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
@@ -176,10 +176,9 @@ class BinaryNetwork(nn.Module):
         gradient (straight through): the excess carries no gradient (and no training noise:
         the threshold absorbs read noise), only diff does."""
         with torch.no_grad():
-            mat = cells.excess(s.detach())
-            if mat is None:
+            excess = cells.excess(h.detach(), s.detach())
+            if excess is None:
                 return diff, torch.ones(diff.shape, dtype=torch.bool)
-            excess = torch.matmul(h.detach(), mat)
             fixed, reliable = common_mode_readout(diff.detach(), excess, active,
                                                   self.config.readout_tol)
             offset = fixed - diff.detach()

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .datasets import BinaryData
 from .defects import DefectStatistics
-from .mapping import ArrayCells, ArrayLayout, LayerCells, stack_layer_cells
+from .mapping import ArrayCells, ArrayLayout, LayerCells, dies_layers
 from .network import BinaryNetwork, NetworkConfig
 
 
@@ -154,12 +154,7 @@ def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cel
     """
     net_config = net_config or NetworkConfig()
     _check_inputs(data, net_config)
-    if isinstance(layout, ArrayLayout):
-        layer_cells = layout.layer_cells(cells)
-    else:
-        if len(layout) != cells.n:
-            raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
-        layer_cells = stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
+    layer_cells = dies_layers(layout, cells)
     net = _init_net(net_config, cells.n, seed, init)
     return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells)
 

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from instruments.client import Client, RequestRejectedError
+from instruments.client import Client, RequestRejectedError, ServiceError
 from instruments.job_kinds import encode_array
 from instruments.store import RunStore
 from training.defects import CellDefect
@@ -156,3 +156,38 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
             assert len(dies) == len(set(dies)) == 36
             assert store.run_row(run_id)["status"] == "finished"
         assert c.result(again["id"])["kinds"].shape == (36, 100, 200)
+
+
+def test_a_dead_worker_is_reported_not_waited_for(tmp_path: Path) -> None:
+    """If the worker thread is gone, waiting clients get an error and submissions a 503."""
+    with live(tmp_path, paused=True) as (url, app), client(url) as c:
+        queued = c.submit("measure", die=(0, 0))
+        app.state.service.worker.stop()
+        assert c.health()["worker"] == "stopped"
+        with pytest.raises(ServiceError, match="worker has stopped"):
+            c.wait(queued["id"], timeout_s=30)
+        with pytest.raises(ServiceError, match="worker has stopped; restart") as err:
+            c.submit("measure", die=(1, 0))
+        assert err.value.status == 503
+
+
+def test_a_job_whose_bookkeeping_fails_is_marked_failed_and_the_worker_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with live(tmp_path, paused=True) as (url, app), client(url) as c:
+        worker = app.state.service.worker
+        first = c.submit("measure", die=(0, 0))
+        second = c.submit("measure", die=(1, 0))
+        real = worker._execute
+        calls = []
+
+        def flaky(station, row):  # type: ignore[no-untyped-def]
+            calls.append(row["id"])
+            if len(calls) == 1:
+                raise RuntimeError("store hiccup outside the job")
+            return real(station, row)
+
+        monkeypatch.setattr(worker, "_execute", flaky)
+        worker.set_paused(False)
+        assert c.wait(first["id"], timeout_s=30)["state"] == "failed"
+        assert c.wait(second["id"], timeout_s=30)["state"] == "succeeded"
+        assert c.health()["worker"] == "running"

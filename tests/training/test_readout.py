@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests.training.conftest import random_map
+from training import mapping
 from training.defects import CellDefect
 from training.mapping import (
     P_STATE,
     ArrayCells,
     ArrayLayout,
+    cells_from_defect_maps,
     cells_from_kinds,
     common_mode_readout,
 )
@@ -84,3 +87,21 @@ def test_chip_inference_equals_training_forward(copies: int) -> None:
     np.testing.assert_array_equal(chip[clear], scores.argmax(-1).numpy()[clear])
     plain = ArrayLayout.default(sizes, 24, 40, copies).infer(x, _programmed_currents(lo, cells, w))
     assert (plain != chip).mean() > 0.05
+
+
+def test_sparse_excess_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mapping, "SPARSE_MIN_MACS", 0)  # take the sparse product
+    maps = [random_map(seed=s, rate=0.02) for s in range(3)]
+    lo = ArrayLayout.default((20, 8, 3), rows=20, cols=40, output_copies=2)
+    cells = lo.layer_cells(cells_from_defect_maps(maps, lo.device))
+    g = torch.Generator().manual_seed(0)
+    for lc in cells:
+        n, n_in, n_out = lc.a.shape
+        assert lc._excess_support(max_density=1.0) is not None  # cached: the sparse product
+        assert lc.c is not None and lc.e is not None
+        for h, s in (((torch.rand(5, n_in, generator=g) > 0.5).float(),
+                      (torch.rand(1, n_in, n_out, generator=g) > 0.5).float()),
+                     ((torch.rand(n, 5, n_in, generator=g) > 0.5).float(),
+                      (torch.rand(n, n_in, n_out, generator=g) > 0.5).float())):
+            want = torch.matmul(h, lc.c + s * lc.e)
+            torch.testing.assert_close(lc.excess(h, s), want, atol=1e-4, rtol=1e-5)
