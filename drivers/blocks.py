@@ -20,18 +20,18 @@ _DIGITS = frozenset(b"0123456789")
 
 def encode_block(payload: bytes | bytearray | memoryview) -> bytes:
     """Wrap `payload` in a definite-length block header (no message terminator)."""
-    payload = bytes(payload)
-    length = str(len(payload))
+    view = memoryview(payload).cast("B")
+    length = str(view.nbytes)
     if len(length) > _MAX_DIGITS:
-        raise BlockError(f"payload of {len(payload)} bytes does not fit a definite-length block")
-    return b"#" + str(len(length)).encode() + length.encode() + payload
+        raise BlockError(f"payload of {view.nbytes} bytes does not fit a definite-length block")
+    return b"".join((b"#", str(len(length)).encode(), length.encode(), view))  # one copy
 
 
 def encode_array(array: ArrayLike, dtype: DTypeLike | None = None) -> bytes:
     """Encode an array row-major as a block of little-endian `dtype` (default: its own dtype)."""
     arr = np.asarray(array)
     target = _little_endian(arr.dtype if dtype is None else dtype)
-    return encode_block(np.ascontiguousarray(arr, dtype=target).tobytes())
+    return encode_block(np.ascontiguousarray(arr, dtype=target).reshape(-1).data)
 
 
 def block_extent(data: bytes | bytearray | memoryview) -> int | None:

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from training.datasets import load_default
-from training.experiment import ExperimentConfig, train_all
+from training.experiment import METHODS, ExperimentConfig, train_all
 from training.sensitivity import loss_distribution
 
 from .config import StationConfig
 from .loop import DieInference, load_measurements, program_and_infer, summarize
 from .offline import WHOLE_RUN, report_from_store
-from .report import METHODS, table
+from .report import table
 from .station import Station
 from .store import RunStore, die_key
 from .sweep import start_run, sweep

@@ -24,6 +24,7 @@ from training.evaluation import evaluate_on_dies
 from training.experiment import (
     ExperimentConfig,
     Setup,
+    as_method,
     prepare,
     run_baseline,
     run_hat,
@@ -42,7 +43,7 @@ from .store import RunStore, StoreError
 TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
 TRAIN_METHODS = ("baseline", "hat", "sat")
 #: what each trained method is evaluated as: baseline weights on any die are "unaware"
-EVALUATED_AS = {"baseline": ("unaware",), "hat": ("hat",), "sat": ("sat", "placed")}
+EVALUATED_AS = {"baseline": ("unaware", "unaware_cm"), "hat": ("hat",), "sat": ("sat", "placed")}
 WHOLE_RUN = "-"  # die key of per-run arrays and records
 
 
@@ -227,10 +228,11 @@ def evaluate_from_store(store_path: str | Path, seed: int = 0, data_dir: str | N
             trained = _load_trained(store, trained_runs[method], setup, measured.keys)
             shared[method] = trained.weights
             for name in EVALUATED_AS[method]:
-                fixed = name in ("unaware", "sat")
-                layout = setup.layout if fixed or trained.layouts is None else trained.layouts
+                fixed = name in ("unaware", "unaware_cm", "sat")
+                layout, net = as_method(name, setup.layout if fixed or trained.layouts is None
+                                        else trained.layouts, config.network)
                 errors = evaluate_on_dies(trained.weights, data.x_test, data.y_test, layout,
-                                          setup.cells, config.network, base_err)
+                                          setup.cells, net, base_err)
                 methods[name] = summarize(dict(zip(measured.keys,
                                                    map(float, errors.per_die), strict=True)),
                                           base_err)

@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("unaware", "hat", "sat", "placed")
+from training.experiment import METHODS
+
 LABELS = {
-    "unaware": "baseline weights, defect-unaware",
+    "unaware": "baseline weights, plain read-out (the paper's defect-unaware chip)",
+    "unaware_cm": "baseline weights, common-mode read-out",
     "hat": "hardware-aware (per die)",
     "sat": "statistics-aware (one set)",
     "placed": "SAT + defect-aware placement",

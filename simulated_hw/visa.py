@@ -108,7 +108,9 @@ class ModelDevice(Device):
 
     # ---- command dispatch ----------------------------------------------------------------
     def _respond(self, message: bytes) -> Any:
-        header, _, args = message.strip().partition(b" ")
+        if message[:1].isspace() or message[-1:].isspace():
+            message = message.strip()
+        header, _, args = message.partition(b" ")
         is_query = header.endswith(b"?")
         if self.scpi and not header.isupper():  # SCPI headers are case-insensitive
             header = header.upper()

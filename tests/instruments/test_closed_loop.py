@@ -79,7 +79,7 @@ def test_train_evaluate_report_from_a_swept_store(swept_store: Path, tmp_path: P
         assert main(["-q", "train", "--store", store, "--method", method, "--small"]) == EXIT_OK
     assert main(["evaluate", "--store", store]) == EXIT_OK
     table = capsys.readouterr().out
-    for label in ("software baseline", "unaware", "hat", "sat", "placed"):
+    for label in ("software baseline", *METHODS):
         assert label in table
 
     with RunStore(swept_store, create=False) as store_:
@@ -87,7 +87,7 @@ def test_train_evaluate_report_from_a_swept_store(swept_store: Path, tmp_path: P
         evaluation = store_.record(store_.latest_run("evaluate"), WHOLE_RUN, "summary")
     assert kinds == [("sweep", "finished"), ("train", "finished"), ("train", "finished"),
                      ("train", "finished"), ("evaluate", "finished")]
-    assert set(evaluation["methods"]) == {"unaware", "hat", "sat", "placed"}
+    assert set(evaluation["methods"]) == set(METHODS)
     assert all(len(m["per_die"]) == 3 for m in evaluation["methods"].values())
     hat_w = _weights(swept_store, 3)
     n_in, n_hidden = ExperimentConfig.small().network.sizes[:2]
