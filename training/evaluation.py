@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .mapping import ArrayCells, ArrayLayout, LayerCells, SparseLayerDeviation, dies_layers
+from .mapping import (
+    ArrayCells,
+    ArrayLayout,
+    LayerCells,
+    SparseLayerDeviation,
+    check_readout,
+    dies_layers,
+)
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
 
@@ -200,6 +207,7 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
 
     layout: one layout for all dies, or one per die (defect-aware placement).
     """
+    check_readout(layout, net_config.readout, net_config.readout_tol)
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
     if (isinstance(layout, ArrayLayout) and shared and len(weights) == 2

@@ -11,20 +11,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .datasets import BinaryData
 from .defects import DefectMap, DefectStatistics
-from .evaluation import software_error
+from .evaluation import DieErrors, evaluate_on_dies, software_error
 from .mapping import ArrayCells, ArrayLayout, DeviceModel, cells_from_defect_maps
 from .network import NetworkConfig
 from .placement import PlacementConfig, place_all
 from .trainers import SATConfig, TrainConfig, TrainResult, train_baseline, train_hat, train_sat
 
-METHODS = ("unaware", "hat", "sat", "placed")
+#: unaware: baseline weights read with plain differences (the paper's chip, knowing nothing of
+#: defects); unaware_cm: the same weights on the network's own read-out (by default the
+#: common-mode check); hat, sat, placed: see `Solutions.programs`.
+METHODS = ("unaware", "unaware_cm", "hat", "sat", "placed")
+PLAIN_READOUT = "diff"
+
+
+def as_method(method: str, layout: ArrayLayout | Sequence[ArrayLayout], net: NetworkConfig
+              ) -> tuple[ArrayLayout | list[ArrayLayout], NetworkConfig]:
+    """The layout(s) and network `method` runs with: 'unaware' reads plain differences."""
+    if method != "unaware":
+        return (layout if isinstance(layout, ArrayLayout) else list(layout)), net
+
+    def plain(lo: ArrayLayout) -> ArrayLayout:
+        return replace(lo, readout=PLAIN_READOUT)
+
+    lay = plain(layout) if isinstance(layout, ArrayLayout) else [plain(lo) for lo in layout]
+    return lay, net.model_copy(update={"readout": PLAIN_READOUT})
 
 
 class ExperimentConfig(BaseModel):
@@ -83,13 +100,16 @@ class Solutions:
     def programs(self, method: str, die_index: int) -> tuple[list[torch.Tensor], ArrayLayout]:
         """(weights (n_in, n_out) per layer, layout) of `method` for die `die_index`.
 
-        method: 'unaware' (baseline weights, fixed layout), 'hat' (that die's HAT weights),
-        'sat' (SAT weights, fixed layout), 'placed' (SAT weights, that die's placement).
+        method: 'unaware' (baseline weights, fixed layout, plain read-out), 'unaware_cm' (the
+        same on the network's read-out), 'hat' (that die's HAT weights), 'sat' (SAT weights,
+        fixed layout), 'placed' (SAT weights, that die's placement).
         """
         if not 0 <= die_index < self.n_dies:
             raise IndexError(f"die index {die_index} outside 0..{self.n_dies - 1}")
-        if method == "unaware":
-            return [w[0] for w in self.baseline.weights], self.layout
+        if method in ("unaware", "unaware_cm"):
+            layout, _net = as_method(method, self.layout, self.net_config)
+            assert isinstance(layout, ArrayLayout)
+            return [w[0] for w in self.baseline.weights], layout
         if method == "hat":
             return [w[die_index] for w in self.hat.weights], self.hat_layout(die_index)
         if method == "sat":
@@ -101,8 +121,8 @@ class Solutions:
     def weights_and_layouts(self, method: str
                             ) -> tuple[list[torch.Tensor], ArrayLayout | list[ArrayLayout]]:
         """Batched form for `evaluate_on_dies`: weights (1 or D, n_in, n_out), layout(s)."""
-        if method == "unaware":
-            return self.baseline.weights, self.layout
+        if method in ("unaware", "unaware_cm"):
+            return self.baseline.weights, as_method(method, self.layout, self.net_config)[0]
         if method == "hat":
             return self.hat.weights, (self.layout if self.hat_layouts is None
                                       else self.hat_layouts)
@@ -111,6 +131,12 @@ class Solutions:
         if method == "placed":
             return self.sat.weights, self.placed
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+    def evaluate(self, method: str, x: torch.Tensor, y: torch.Tensor) -> DieErrors:
+        """Error of `method` on every die (emulated from the maps), batched over dies."""
+        weights, layouts = self.weights_and_layouts(method)
+        _layout, net = as_method(method, self.layout, self.net_config)
+        return evaluate_on_dies(weights, x, y, layouts, self.cells, net, self.baseline_error_pct)
 
 
 @dataclass

@@ -500,7 +500,7 @@ class ArrayLayout:
     def _deviation(self, i: int, n: int, die: torch.Tensor, pos: torch.Tensor,
                    sel: torch.Tensor, da: torch.Tensor, db: torch.Tensor, dc: torch.Tensor,
                    de: torch.Tensor) -> SparseLayerDeviation:
-        """Layer i's deviations from per-device ones (selected by sel), per replica row."""
+        """Layer i's entries (selected by sel) of per-device deviations, per replica row."""
         lp = self.layers[i]
         p = pos[sel]
         return SparseLayerDeviation(n, lp.n_in, lp.n_out, die[sel], p // lp.n_out,
@@ -713,6 +713,15 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
     g_ap[defects.die, defects.flat] = fixed
     shape = (n, defects.rows, defects.cols)
     return ArrayCells(g_p.view(shape), g_ap.view(shape))
+
+
+def check_readout(layout: ArrayLayout | Sequence[ArrayLayout], readout: str, tol: float
+                  ) -> None:
+    """Raise unless every layout reads its pairs as the network does (one code path)."""
+    for lo in [layout] if isinstance(layout, ArrayLayout) else layout:
+        if (lo.readout, lo.readout_tol) != (readout, tol):
+            raise ValueError(f"layout read-out {lo.readout!r} (tol {lo.readout_tol}) differs "
+                             f"from the network's {readout!r} (tol {tol})")
 
 
 def dies_layers(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .datasets import BinaryData
 from .defects import DefectStatistics
-from .mapping import ArrayCells, ArrayLayout, LayerCells, dies_layers
+from .mapping import ArrayCells, ArrayLayout, LayerCells, check_readout, dies_layers
 from .network import BinaryNetwork, NetworkConfig
 
 
@@ -154,6 +154,7 @@ def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cel
     """
     net_config = net_config or NetworkConfig()
     _check_inputs(data, net_config)
+    check_readout(layout, net_config.readout, net_config.readout_tol)
     layer_cells = dies_layers(layout, cells)
     net = _init_net(net_config, cells.n, seed, init)
     return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells)
@@ -166,6 +167,7 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
     net_config = net_config or NetworkConfig()
     config = config or SATConfig()
     _check_inputs(data, net_config)
+    check_readout(layout, net_config.readout, net_config.readout_tol)
     if (stats.rows, stats.cols) != (layout.rows, layout.cols):
         raise ValueError(f"statistics are for a {stats.rows} x {stats.cols} array, the layout "
                          f"is {layout.rows} x {layout.cols}")

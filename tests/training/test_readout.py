@@ -105,3 +105,17 @@ def test_sparse_excess_equals_dense(monkeypatch: pytest.MonkeyPatch) -> None:
                       (torch.rand(n, n_in, n_out, generator=g) > 0.5).float())):
             want = torch.matmul(h, lc.c + s * lc.e)
             torch.testing.assert_close(lc.excess(h, s), want, atol=1e-4, rtol=1e-5)
+
+
+def test_network_and_layout_must_read_alike() -> None:
+    from training.evaluation import evaluate_on_dies
+
+    lo = ArrayLayout.default((6, 4, 3), rows=8, cols=16, readout="common_mode")
+    cells = cells_from_kinds(np.zeros((8, 16), np.int8), lo.device)
+    w = [torch.ones(6, 4), torch.ones(4, 3)]
+    x, y = torch.ones(2, 6), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"read-out 'common_mode'.*'diff'"):
+        evaluate_on_dies(w, x, y, lo, cells, NetworkConfig(sizes=(6, 4, 3)))
+    ok = evaluate_on_dies(w, x, y, lo, cells,
+                          NetworkConfig(sizes=(6, 4, 3), readout="common_mode"))
+    assert ok.per_die.shape == (1,)
