@@ -20,25 +20,19 @@ class BadInput(Exception):
     """Wrong arguments or unusable input files: exit code 2."""
 
 
-def _progress(total: int | None, desc: str, quiet: bool):  # type: ignore[no-untyped-def]
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="die", disable=quiet, file=sys.stderr,
-                leave=False)
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import load_station
+    from .progress import bar
     from .store import RunStore
     from .sweep import StopFlag, run_sweep, stop_on_sigint
 
     config = load_station(args.station)
     stop = StopFlag()
-    with RunStore(args.store) as store, _progress(None, "sweep", args.quiet) as bar:
+    with RunStore(args.store) as store, bar("sweep", args.quiet) as dies:
         def progress(die, m):  # type: ignore[no-untyped-def]
-            bar.update(1)
+            dies.update(1)
             if m is not None and not args.quiet:
-                bar.set_postfix(die=f"{die.col},{die.row}", **m.counts())
+                dies.set_postfix(die=f"{die.col},{die.row}", **m.counts())
 
         with stop_on_sigint(stop):
             run_id = run_sweep(config, store, resume=args.resume, stop=stop, progress=progress)

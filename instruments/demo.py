@@ -21,10 +21,11 @@ from training.sensitivity import loss_distribution
 from .config import StationConfig
 from .loop import DieInference, load_measurements, program_and_infer, summarize
 from .offline import WHOLE_RUN, report_from_store
+from .progress import EpochBars, bar
 from .report import table
 from .station import Station
 from .store import RunStore, die_key
-from .sweep import start_run, sweep
+from .sweep import planned_dies, start_run, sweep
 
 
 def demo_station(seed: int, dies: int | None = None) -> StationConfig:
@@ -44,8 +45,6 @@ def _say(quiet: bool, text: str) -> None:
 def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool = False,
              small: bool = False) -> dict[str, Any]:
     """Run the closed loop; writes out/summary.json, out/report.md, plots and the run store."""
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     store_path = out / "run.sqlite"
@@ -58,29 +57,31 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
 
     with RunStore(store_path) as store, Station(config) as station:
         run_id = start_run(store, station, config, "demo", {"training": seed})
-        with tqdm(total=None, desc="sweep", unit="die", disable=quiet, file=sys.stderr,
-                  leave=False) as bar:
-            sweep(station, store, run_id, progress=lambda d, m: bar.update(1))
+        with bar("sweep", quiet, len(planned_dies(station))) as dies:
+            sweep(station, store, run_id, progress=lambda d, m: dies.update(1))
         timing["sweep"] = time.perf_counter() - t0
         measured = load_measurements(store, run_id)
         device = measured.device_model()
         _say(quiet, f"measured {len(measured.dies)} dies; training baseline, HAT, SAT ...")
 
         t1 = time.perf_counter()
-        sol = train_all(data, measured.maps, device, exp_config, seed,
-                        progress=None if quiet else lambda msg: _say(False, msg))
+        with EpochBars(quiet) as epochs:
+            sol = train_all(data, measured.maps, device, exp_config, seed,
+                            progress=None if quiet else lambda msg: _say(False, msg),
+                            on_epoch=epochs)
         timing["training"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
         x, y = data.x_test.numpy(), data.y_test.numpy()
         results: dict[str, dict[str, DieInference]] = {m: {} for m in METHODS}
         jobs = [(m, i, d) for m in METHODS for i, d in enumerate(measured.dies)]
-        for method, i, die in tqdm(jobs, desc="program+infer", disable=quiet, file=sys.stderr,
-                                   leave=False):
-            weights, layout = sol.programs(method, i)
-            known = measured.maps[i].kinds != 0
-            results[method][die_key(die)] = program_and_infer(station, die, weights, layout,
-                                                              x, y, known)
+        with bar("program+infer", quiet, len(jobs), unit="job") as done:
+            for method, i, die in jobs:
+                weights, layout = sol.programs(method, i)
+                known = measured.maps[i].kinds != 0
+                results[method][die_key(die)] = program_and_infer(station, die, weights,
+                                                                  layout, x, y, known)
+                done.update(1)
         timing["program_and_infer"] = time.perf_counter() - t2
         for method, per_die in results.items():
             for die, r in per_die.items():

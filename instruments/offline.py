@@ -24,7 +24,9 @@ from training.evaluation import evaluate_on_dies
 from training.experiment import (
     ExperimentConfig,
     Setup,
+    StageEpochHook,
     as_method,
+    for_stage,
     prepare,
     run_baseline,
     run_hat,
@@ -37,6 +39,7 @@ from training.trainers import TrainResult
 
 from . import __version__
 from .loop import MeasuredWafer, load_measurements, summarize
+from .progress import EpochBars
 from .report import table, write_report
 from .store import RunStore, StoreError
 
@@ -70,6 +73,8 @@ class Trained:
 def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,
                   data_dir: str | None, config: ExperimentConfig, result: TrainResult,
                   layouts: list[ArrayLayout] | None, info: dict[str, Any]) -> int:
+    if layouts is not None and len(layouts) != len(measured.keys):
+        raise ValueError(f"{len(layouts)} layouts for {len(measured.keys)} measured dies")
     sweep_row = store.run_row(measured.run_id)
     run_id = store.create_run(
         TRAIN_KIND, sweep_row["station_yaml"],
@@ -79,7 +84,7 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
     arrays = {f"weights/L{k}": w.detach().numpy().astype(np.int8)
               for k, w in enumerate(result.weights)}
     store.put(run_id, WHOLE_RUN, arrays=arrays, records={"train": info})
-    for key, layout in zip(measured.keys, layouts or [], strict=False):
+    for key, layout in zip(measured.keys, layouts or [], strict=bool(layouts)):
         store.put(run_id, key, arrays={f"layout/{n}": a
                                        for n, a in layout.placement_arrays().items()})
     store.set_status(run_id, "finished")
@@ -142,21 +147,22 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
     config = config or ExperimentConfig()
     t0 = time.perf_counter()
     data = load_default(data_dir, seed=seed)
-    with _open(store_path) as store:
+    with _open(store_path) as store, EpochBars(quiet) as epochs:
         measured = load_measurements(store)
         if method == "baseline":
             run_id, _weights, base_err = _train_baseline(store, measured, data, data_dir, seed,
-                                                         config, quiet)
+                                                         config, quiet, epochs)
         else:
             setup = prepare(measured.maps, measured.device_model(), config)
             baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
-                                               quiet)
+                                               quiet, epochs)
             if method == "hat":
                 _say(quiet, f"hardware-aware training for {len(measured.dies)} dies")
-                result, layouts = run_hat(data, setup, baseline, config, seed)
+                result, layouts = run_hat(data, setup, baseline, config, seed,
+                                          for_stage(epochs, "hat"))
             else:
                 _say(quiet, "statistics-aware training")
-                result = run_sat(data, setup, baseline, config, seed)
+                result = run_sat(data, setup, baseline, config, seed, for_stage(epochs, "sat"))
                 _say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
                 layouts = run_placement(data, setup, result.weights, config)
             info = _info(method, measured, data_dir, seed, base_err)
@@ -176,10 +182,11 @@ def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
 
 
 def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
-                    data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool
+                    data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
+                    epochs: StageEpochHook | None = None
                     ) -> tuple[int, list[torch.Tensor], float]:
     _say(quiet, "training the software baseline")
-    result, err = run_baseline(data, config, seed)
+    result, err = run_baseline(data, config, seed, for_stage(epochs, "baseline"))
     info = _info("baseline", measured, data_dir, seed, err) | {"epoch_s": result.mean_epoch_s}
     run_id = _save_trained(store, measured, "baseline", seed, data_dir, config, result, None,
                            info)
@@ -187,8 +194,8 @@ def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
 
 
 def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
-                  data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool
-                  ) -> tuple[list[torch.Tensor], float]:
+                  data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
+                  epochs: StageEpochHook | None = None) -> tuple[list[torch.Tensor], float]:
     """The stored baseline for this sweep, data and seed, or a newly trained (and stored) one."""
     run_id = _latest_trained(store, measured).get("baseline")
     if run_id is not None:
@@ -196,7 +203,7 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
         if info.get("data_dir") == data_dir and info.get("seed") == seed:
             return _stored_weights(store, run_id), float(info["baseline_error_pct"])
     _run_id, weights, err = _train_baseline(store, measured, data, data_dir, seed, config,
-                                            quiet)
+                                            quiet, epochs)
     return weights, err
 
 

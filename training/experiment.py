@@ -22,7 +22,25 @@ from .evaluation import DieErrors, evaluate_on_dies, software_error
 from .mapping import ArrayCells, ArrayLayout, DeviceModel, cells_from_defect_maps
 from .network import NetworkConfig
 from .placement import PlacementConfig, place_all
-from .trainers import SATConfig, TrainConfig, TrainResult, train_baseline, train_hat, train_sat
+from .trainers import (
+    EpochHook,
+    SATConfig,
+    TrainConfig,
+    TrainResult,
+    train_baseline,
+    train_hat,
+    train_sat,
+)
+
+#: on_epoch(stage, epochs done, epochs in all, mean loss), stage "baseline", "hat" or "sat"
+StageEpochHook = Callable[[str, int, int, float], None]
+
+
+def for_stage(hook: StageEpochHook | None, stage: str) -> EpochHook | None:
+    """`hook` bound to one training stage (None stays None)."""
+    if hook is None:
+        return None
+    return lambda done, total, loss: hook(stage, done, total, loss)
 
 #: unaware: baseline weights read with plain differences (the paper's chip, knowing nothing of
 #: defects); unaware_cm: the same weights on the network's own read-out (by default the
@@ -161,15 +179,15 @@ def prepare(maps: Sequence[DefectMap], device: DeviceModel,
     return Setup(DefectStatistics.fit(maps), layout, cells_from_defect_maps(maps, device))
 
 
-def run_baseline(data: BinaryData, config: ExperimentConfig, seed: int
-                 ) -> tuple[TrainResult, float]:
+def run_baseline(data: BinaryData, config: ExperimentConfig, seed: int,
+                 on_epoch: EpochHook | None = None) -> tuple[TrainResult, float]:
     """The software baseline and its error (percent) on an ideal array."""
-    base = train_baseline(data, config.network, config.baseline, seed=seed)
+    base = train_baseline(data, config.network, config.baseline, seed=seed, on_epoch=on_epoch)
     return base, software_error(base.weights, data.x_test, data.y_test, config.network)
 
 
 def run_hat(data: BinaryData, setup: Setup, baseline: Sequence[torch.Tensor],
-            config: ExperimentConfig, seed: int
+            config: ExperimentConfig, seed: int, on_epoch: EpochHook | None = None
             ) -> tuple[TrainResult, list[ArrayLayout] | None]:
     """HAT for every die of `setup` as one batched model, and its per-die layouts (if placed).
 
@@ -182,16 +200,17 @@ def run_hat(data: BinaryData, setup: Setup, baseline: Sequence[torch.Tensor],
                             data.y_train, net, config=config.placement)
     init = baseline if config.init_from_baseline else None
     hat = train_hat(data, layouts or setup.layout, setup.cells, net, config.hat, seed=seed,
-                    init=init)
+                    init=init, on_epoch=on_epoch)
     return hat, layouts
 
 
 def run_sat(data: BinaryData, setup: Setup, baseline: Sequence[torch.Tensor],
-            config: ExperimentConfig, seed: int) -> TrainResult:
+            config: ExperimentConfig, seed: int, on_epoch: EpochHook | None = None
+            ) -> TrainResult:
     """SAT from the statistics of `setup` (one weight set for every die), from the baseline."""
     init = baseline if config.init_from_baseline else None
     return train_sat(data, setup.layout, setup.stats, config.network, config.sat, seed=seed,
-                     init=init)
+                     init=init, on_epoch=on_epoch)
 
 
 def run_placement(data: BinaryData, setup: Setup, weights: Sequence[torch.Tensor],
@@ -203,11 +222,13 @@ def run_placement(data: BinaryData, setup: Setup, weights: Sequence[torch.Tensor
 
 def train_all(data: BinaryData, maps: Sequence[DefectMap], device: DeviceModel,
               config: ExperimentConfig | None = None, seed: int = 0,
-              progress: Callable[[str], None] | None = None) -> Solutions:
+              progress: Callable[[str], None] | None = None,
+              on_epoch: StageEpochHook | None = None) -> Solutions:
     """Baseline, HAT (every die, batched), SAT (from the maps' statistics) and placement.
 
     maps: one defect map per die (measured, or the simulator's); device: nominal conductances
-    (e.g. `DeviceModel.fit` on read-backs). progress(message) is called between stages.
+    (e.g. `DeviceModel.fit` on read-backs). progress(message) is called between stages,
+    on_epoch(stage, done, total, loss) after every training epoch.
     """
     config = config or ExperimentConfig()
     say = progress or (lambda _msg: None)
@@ -218,17 +239,18 @@ def train_all(data: BinaryData, maps: Sequence[DefectMap], device: DeviceModel,
 
     say("training the software baseline")
     t = time.perf_counter()
-    base, base_err = run_baseline(data, config, seed)
+    base, base_err = run_baseline(data, config, seed, for_stage(on_epoch, "baseline"))
     timings["baseline"] = time.perf_counter() - t
 
     say(f"hardware-aware training for {len(maps)} dies (one batched model)")
     t = time.perf_counter()
-    hat, hat_layouts = run_hat(data, setup, base.weights, config, seed)
+    hat, hat_layouts = run_hat(data, setup, base.weights, config, seed,
+                               for_stage(on_epoch, "hat"))
     timings["hat"] = time.perf_counter() - t
 
     say("statistics-aware training")
     t = time.perf_counter()
-    sat = run_sat(data, setup, base.weights, config, seed)
+    sat = run_sat(data, setup, base.weights, config, seed, for_stage(on_epoch, "sat"))
     timings["sat"] = time.perf_counter() - t
 
     say(f"placing the SAT weights on {len(maps)} dies")

@@ -65,6 +65,8 @@ class TrainResult:
 
 
 CellsFn = Callable[[int, float], "Sequence[LayerCells] | None"]
+#: on_epoch(epochs done, epochs in all, mean loss of the epoch): progress reporting
+EpochHook = Callable[[int, int, float], None]
 
 
 def _loss(scores: torch.Tensor, y: torch.Tensor, cfg: NetworkConfig,
@@ -79,12 +81,13 @@ def _loss(scores: torch.Tensor, y: torch.Tensor, cfg: NetworkConfig,
 
 
 def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
-        cells_fn: CellsFn | None = None, groups: int = 1) -> TrainResult:
+        cells_fn: CellsFn | None = None, groups: int = 1,
+        on_epoch: EpochHook | None = None) -> TrainResult:
     """The shared training loop.
 
     cells_fn(step, progress) returns the layer conductances for one mini-batch (None: ideal);
     progress runs 0 -> 1 over training. groups > 1 splits each batch into that many groups, one
-    per conductance set.
+    per conductance set. on_epoch is called after every epoch.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -121,6 +124,8 @@ def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
             step_i += 1
         result.epoch_seconds.append(time.perf_counter() - t0)
         result.losses.append(epoch_loss / steps_per_epoch)
+        if on_epoch is not None:
+            on_epoch(len(result.losses), config.epochs, result.losses[-1])
     result.weights = [w.detach().clone() for w in net.binary_weights()]
     return result
 
@@ -134,17 +139,19 @@ def _init_net(net_config: NetworkConfig, replicas: int, seed: int,
 
 
 def train_baseline(data: BinaryData, net_config: NetworkConfig | None = None,
-                   config: TrainConfig | None = None, seed: int = 0) -> TrainResult:
+                   config: TrainConfig | None = None, seed: int = 0,
+                   on_epoch: EpochHook | None = None) -> TrainResult:
     """Defect-free software baseline on an ideal array."""
     net_config = net_config or NetworkConfig()
     _check_inputs(data, net_config)
     net = _init_net(net_config, 1, seed, None)
-    return fit(net, data, config or TrainConfig(), seed)
+    return fit(net, data, config or TrainConfig(), seed, on_epoch=on_epoch)
 
 
 def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells,
               net_config: NetworkConfig | None = None, config: TrainConfig | None = None,
-              seed: int = 0, init: Sequence[torch.Tensor] | None = None) -> TrainResult:
+              seed: int = 0, init: Sequence[torch.Tensor] | None = None,
+              on_epoch: EpochHook | None = None) -> TrainResult:
     """Hardware-aware training for D dies at once (one weight set per die, one batched model).
 
     cells: the dies' conductances (D, rows, cols), e.g. `cells_from_defect_maps(maps, device)`.
@@ -157,12 +164,14 @@ def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cel
     check_readout(layout, net_config.readout, net_config.readout_tol)
     layer_cells = dies_layers(layout, cells)
     net = _init_net(net_config, cells.n, seed, init)
-    return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells)
+    return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells,
+               on_epoch=on_epoch)
 
 
 def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
               net_config: NetworkConfig | None = None, config: SATConfig | None = None,
-              seed: int = 0, init: Sequence[torch.Tensor] | None = None) -> TrainResult:
+              seed: int = 0, init: Sequence[torch.Tensor] | None = None,
+              on_epoch: EpochHook | None = None) -> TrainResult:
     """Statistics-aware training: fresh random defect maps from `stats` for every mini-batch."""
     net_config = net_config or NetworkConfig()
     config = config or SATConfig()
@@ -187,7 +196,8 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
         return buffer.pop()
 
     net = _init_net(net_config, 1, seed, init)
-    return fit(net, data, config, seed, cells_fn, groups=config.maps_per_batch)
+    return fit(net, data, config, seed, cells_fn, groups=config.maps_per_batch,
+               on_epoch=on_epoch)
 
 
 def _check_inputs(data: BinaryData, net_config: NetworkConfig) -> None:

@@ -99,10 +99,13 @@ def test_train_evaluate_report_from_a_swept_store(swept_store: Path, tmp_path: P
     assert (out / "loss_sensitivity.png").exists()
 
 
-def test_training_from_a_store_is_reproducible(swept_store: Path) -> None:
-    for _ in range(2):
-        assert main(["-q", "train", "--store", str(swept_store), "--method", "baseline",
+def test_training_from_a_store_is_reproducible_and_shows_progress(
+        swept_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for quiet in ([], ["-q"]):
+        assert main([*quiet, "train", "--store", str(swept_store), "--method", "baseline",
                      "--small", "--seed", "4"]) == EXIT_OK
+        err = capsys.readouterr().err
+        assert ("train baseline" in err and "epoch" in err) == (not quiet)  # epoch bar
     first, second = _weights(swept_store, 2), _weights(swept_store, 3)
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)

@@ -1,0 +1,43 @@
+"""Progress bars for the operator (stderr, off with --quiet): dies of a sweep, training epochs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+def bar(desc: str, quiet: bool, total: int | None = None, unit: str = "die") -> tqdm:
+    """A transient bar on stderr (disabled when quiet)."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=False)
+
+
+class EpochBars:
+    """One bar per training stage, fed by training's on_epoch(stage, done, total, loss)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self._bar: tqdm | None = None
+        self._stage: str | None = None
+
+    def __call__(self, stage: str, done: int, total: int, loss: float) -> None:
+        if stage != self._stage or self._bar is None:
+            self.close()
+            self._bar = bar(f"train {stage}", self.quiet, total, unit="epoch")
+            self._stage = stage
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{loss:.3f}")
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._stage = None, None
+
+    def __enter__(self) -> EpochBars:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
