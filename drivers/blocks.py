@@ -20,7 +20,8 @@ _DIGITS = frozenset(b"0123456789")
 
 def encode_block(payload: bytes | bytearray | memoryview) -> bytes:
     """Wrap `payload` in a definite-length block header (no message terminator)."""
-    view = memoryview(payload).cast("B")
+    view = memoryview(payload)
+    view = view.cast("B") if view.c_contiguous else memoryview(bytes(view))
     length = str(view.nbytes)
     if len(length) > _MAX_DIGITS:
         raise BlockError(f"payload of {view.nbytes} bytes does not fit a definite-length block")

@@ -90,8 +90,6 @@ class CrossbarTester(SCPIInstrument):
         "SOUR:PULS:WIDT": "pulse_width_s",
         "SENS:CURR:COMP": "compliance_a",
     }
-    #: Settings that change no bias (how replies are formed), passed without a policy check.
-    NEUTRAL_SETTINGS: ClassVar[frozenset[str]] = frozenset({"SENS:AVER:COUN"})
     #: Operations that bias the devices, by header prefix, and the settings each applies.
     BIAS_OPERATIONS: ClassVar[dict[str, tuple[str, ...]]] = {
         "PROG:": ("pulse_amplitude_v", "pulse_width_s", "compliance_a"),

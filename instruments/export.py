@@ -8,18 +8,24 @@ from pathlib import Path
 import numpy as np
 
 from .store import RunStore, StoreError
+from .sweep import MEASURING_KINDS
 
 
 def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
                  run_id: int | None = None) -> Path:
-    """Write every array of a run (keys `die/name`) plus its metadata; returns the file."""
+    """Write every array of a run (keys `die/name`) plus its metadata; returns the file.
+
+    run_id: default the latest measuring run (sweep or demo), else the latest run.
+    """
     store_path = Path(store_path)
     if not store_path.exists():
         raise FileNotFoundError(f"{store_path}: no such store")
     if fmt not in ("npz", "hdf5"):
         raise ValueError(f"unknown export format {fmt!r}: use npz or hdf5")
     with RunStore(store_path, create=False) as store:
-        run_id = run_id if run_id is not None else store.latest_run()
+        if run_id is None:
+            measuring = [r.run_id for r in store.runs() if r.kind in MEASURING_KINDS]
+            run_id = max(measuring) if measuring else store.latest_run()
         if run_id is None:
             raise StoreError(f"{store_path}: the store holds no runs")
         meta = store.run_row(run_id)

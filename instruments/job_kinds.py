@@ -175,7 +175,7 @@ class EvaluateJob(_Job):
     """Evaluate the store's trained weights (instruments.offline.evaluate_from_store)."""
 
     kind: Literal["evaluate"] = "evaluate"
-    seed: Seed = 0
+    seed: Seed | None = None  # default: the training's
     data_dir: str | None = Field(None, max_length=4096)
 
 
@@ -421,8 +421,12 @@ def _run_offline(fn: Callable[..., Any], ctx: JobContext, **kwargs: Any) -> Outc
 def run_train(ctx: JobContext, job: TrainJob) -> Outcome:
     from .offline import train_from_store
 
+    def each_epoch(stage: str, done: int, total: int, loss: float) -> None:
+        ctx.check_stop()  # cancel / shutdown: stop between epochs; this method is not stored
+        ctx.progress(done, total, f"{stage}: epoch {done}/{total}, loss {loss:.3f}")
+
     return _run_offline(train_from_store, ctx, method=job.method, seed=job.seed,
-                        data_dir=job.data_dir)
+                        data_dir=job.data_dir, on_epoch=each_epoch)
 
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> Outcome:

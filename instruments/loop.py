@@ -21,9 +21,7 @@ from .config import parse_station
 from .programming import SKIP, program_verified
 from .station import Station
 from .store import RunStore, StoreError, die_key, parse_die_key
-from .sweep import SWEEP_KIND
-
-MEASURING_KINDS = (SWEEP_KIND, "demo")
+from .sweep import MEASURING_KINDS
 
 
 @dataclass
@@ -60,11 +58,19 @@ class MeasuredWafer:
 
 
 def latest_measurement_run(store: RunStore) -> int:
-    """The latest run that measured dies (a sweep, or the sweep inside a demo)."""
-    runs = [r for r in (store.latest_run(kind) for kind in MEASURING_KINDS) if r is not None]
-    if not runs:
-        raise StoreError(f"{store.path}: no sweep in this store; run `mtjlab sweep` first")
-    return max(runs)
+    """The latest finished run that measured dies (a sweep, or the sweep inside a demo).
+
+    An unfinished sweep is never used by accident: resume it (`mtjlab sweep --resume`) first.
+    """
+    runs = [r for r in store.runs() if r.kind in MEASURING_KINDS]
+    finished = [r.run_id for r in runs if r.status == "finished"]
+    if finished:
+        return max(finished)
+    if runs:
+        raise StoreError(f"{store.path}: no finished sweep in this store (run "
+                         f"{runs[-1].run_id} is {runs[-1].status}); finish it with "
+                         "'mtjlab sweep --resume' first")
+    raise StoreError(f"{store.path}: no sweep in this store; run 'mtjlab sweep' first")
 
 
 def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:

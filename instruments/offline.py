@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,27 +76,43 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
                   data_dir: str | None, config: ExperimentConfig, result: TrainResult,
                   layouts: list[ArrayLayout] | None, info: dict[str, Any]) -> int:
     if layouts is not None and len(layouts) != len(measured.keys):
-        raise ValueError(f"{len(layouts)} layouts for {len(measured.keys)} measured dies")
+        raise RuntimeError(f"{len(layouts)} layouts for {len(measured.keys)} measured dies")
     sweep_row = store.run_row(measured.run_id)
     run_id = store.create_run(
         TRAIN_KIND, sweep_row["station_yaml"],
         {"method": method, "sweep_run": measured.run_id, "data": data_dir,
          "experiment": config.model_dump(mode="json")},
         __version__, {"training": seed})
-    arrays = {f"weights/L{k}": w.detach().numpy().astype(np.int8)
-              for k, w in enumerate(result.weights)}
-    store.put(run_id, WHOLE_RUN, arrays=arrays, records={"train": info})
-    for key, layout in zip(measured.keys, layouts or [], strict=bool(layouts)):
-        store.put(run_id, key, arrays={f"layout/{n}": a
-                                       for n, a in layout.placement_arrays().items()})
-    store.set_status(run_id, "finished")
+    with _failing_marks(store, run_id):
+        arrays = {f"weights/L{k}": w.detach().numpy().astype(np.int8)
+                  for k, w in enumerate(result.weights)}
+        store.put(run_id, WHOLE_RUN, arrays=arrays)
+        for key, layout in zip(measured.keys, layouts or [], strict=bool(layouts)):
+            store.put(run_id, key, arrays={f"layout/{n}": a
+                                           for n, a in layout.placement_arrays().items()})
+        store.put(run_id, WHOLE_RUN, records={"train": info})  # last: marks it complete
+        store.set_status(run_id, "finished")
     return run_id
+
+
+@contextmanager
+def _failing_marks(store: RunStore, run_id: int) -> Iterator[None]:
+    """Mark the run failed (with the reason) if writing it does not finish."""
+    try:
+        yield
+    except BaseException as err:
+        with suppress(StoreError):
+            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
+        raise
 
 
 def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]) -> Trained:
     info = store.record(run_id, WHOLE_RUN, "train")
     if info is None:
         raise StoreError(f"{store.path}: training run {run_id} is incomplete; train again")
+    if info.get("die_keys") != keys:
+        raise StoreError(f"{store.path}: training run {run_id} was trained on other dies than "
+                         "the sweep now holds; train again")
     weights = _stored_weights(store, run_id)
     names = {name for _die, name in store.array_names(run_id)}
     layouts = None
@@ -136,18 +154,22 @@ def _open(store_path: str | Path) -> RunStore:
 
 def train_from_store(store_path: str | Path, method: str, seed: int = 0,
                      data_dir: str | None = None, quiet: bool = True,
-                     config: ExperimentConfig | None = None) -> dict[str, Any]:
+                     config: ExperimentConfig | None = None,
+                     on_epoch: StageEpochHook | None = None) -> dict[str, Any]:
     """Train `method` (baseline | hat | sat) on the latest sweep's measured maps; store it.
 
-    HAT and SAT start from the store's baseline for this sweep, training one first if there is
-    none. SAT's weights are also placed on every measured die (the `placed` method).
+    HAT and SAT start from the store's baseline for this sweep (same data, seed and network),
+    training one first if there is none. SAT's weights are also placed on every measured die
+    (the `placed` method). on_epoch(stage, done, total, loss) runs after every epoch (besides
+    the progress bars); an exception from it stops training and nothing is stored.
     """
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TRAIN_METHODS)}")
     config = config or ExperimentConfig()
     t0 = time.perf_counter()
     data = load_default(data_dir, seed=seed)
-    with _open(store_path) as store, EpochBars(quiet) as epochs:
+    with _open(store_path) as store, EpochBars(quiet) as bars:
+        epochs = bars if on_epoch is None else _both(bars, on_epoch)
         measured = load_measurements(store)
         if method == "baseline":
             run_id, _weights, base_err = _train_baseline(store, measured, data, data_dir, seed,
@@ -174,9 +196,18 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
         "run_id": run_id, "seconds": time.perf_counter() - t0}
 
 
+def _both(first: StageEpochHook, second: StageEpochHook) -> StageEpochHook:
+    def hook(stage: str, done: int, total: int, loss: float) -> None:
+        first(stage, done, total, loss)
+        second(stage, done, total, loss)
+
+    return hook
+
+
 def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
           base_err: float) -> dict[str, Any]:
     return {"method": method, "sweep_run": measured.run_id, "dies": len(measured.dies),
+            "die_keys": measured.keys,
             "data": _data_label(data_dir), "data_dir": data_dir, "seed": seed,
             "baseline_error_pct": base_err}
 
@@ -200,31 +231,38 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
     run_id = _latest_trained(store, measured).get("baseline")
     if run_id is not None:
         info = store.record(run_id, WHOLE_RUN, "train") or {}
-        if info.get("data_dir") == data_dir and info.get("seed") == seed:
+        stored = ExperimentConfig.model_validate(json_snapshot(store, run_id)["experiment"])
+        if (info.get("data_dir"), info.get("seed"), stored.network, stored.baseline) == (
+                data_dir, seed, config.network, config.baseline):
             return _stored_weights(store, run_id), float(info["baseline_error_pct"])
     _run_id, weights, err = _train_baseline(store, measured, data, data_dir, seed, config,
                                             quiet, epochs)
     return weights, err
 
 
-def evaluate_from_store(store_path: str | Path, seed: int = 0, data_dir: str | None = None,
-                        quiet: bool = True, loss_maps: int = 200) -> dict[str, Any]:
+def evaluate_from_store(store_path: str | Path, seed: int | None = None,
+                        data_dir: str | None = None, quiet: bool = True,
+                        loss_maps: int = 200) -> dict[str, Any]:
     """Every trained method on every measured die; the summary is stored and returned.
 
     Dies are emulated from their measured defect maps and the fitted device conductances.
-    data_dir: the test set (default: the one the weights were trained on).
+    seed, data_dir: the data set and split the weights were trained on (the default); any
+    other is refused, since its test digits could be training digits.
     """
     with _open(store_path) as store:
         measured = load_measurements(store)
         trained_runs = _latest_trained(store, measured)
         if not trained_runs:
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
-                             "run `mtjlab train` first")
-        first = store.record(next(iter(trained_runs.values())), WHOLE_RUN, "train")
-        config = ExperimentConfig.model_validate(json_snapshot(store, next(iter(
-            trained_runs.values())))["experiment"])
+                             "run 'mtjlab train' first")
+        first, config = _agreed_training(store, trained_runs)
+        if (seed is not None and seed != first["seed"]) or (
+                data_dir is not None and data_dir != first["data_dir"]):
+            raise ValueError(f"the weights were trained with seed {first['seed']} on "
+                             f"{first['data']}; evaluate with those (another split or set "
+                             "would test on training digits)")
+        seed, data_dir = first["seed"], first["data_dir"]
         setup = prepare(measured.maps, measured.device_model(), config)
-        data_dir = data_dir if data_dir is not None else first.get("data_dir")
         data = load_default(data_dir, seed=seed)
         base_err = float(first["baseline_error_pct"])
         methods: dict[str, Any] = {}
@@ -256,12 +294,32 @@ def evaluate_from_store(store_path: str | Path, seed: int = 0, data_dir: str | N
         run_id = store.create_run(EVALUATE_KIND, store.run_row(measured.run_id)["station_yaml"],
                                   {"sweep_run": measured.run_id, "trained": trained_runs},
                                   __version__, {"evaluation": seed})
-        store.put(run_id, WHOLE_RUN, arrays={f"losses/{k}": v for k, v in losses.items()},
-                  records={"summary": summary})
-        store.set_status(run_id, "finished")
+        with _failing_marks(store, run_id):
+            store.put(run_id, WHOLE_RUN, arrays={f"losses/{k}": v for k, v in losses.items()},
+                      records={"summary": summary})
+            store.set_status(run_id, "finished")
     if not quiet:
         print(table(summary))
     return summary
+
+
+def _agreed_training(store: RunStore, trained_runs: dict[str, int]
+                     ) -> tuple[dict[str, Any], ExperimentConfig]:
+    """The shared training record and experiment of the runs to evaluate; they must agree on
+    data, seed, network and baseline."""
+    infos = {m: store.record(r, WHOLE_RUN, "train") or {} for m, r in trained_runs.items()}
+    configs = {m: ExperimentConfig.model_validate(json_snapshot(store, r)["experiment"])
+               for m, r in trained_runs.items()}
+    first_m = next(iter(infos))
+    first, config = infos[first_m], configs[first_m]
+    keys = ("seed", "data_dir", "baseline_error_pct")
+    for m in infos:
+        if (any(infos[m].get(k) != first.get(k) for k in keys)
+                or configs[m].network != config.network):
+            raise StoreError(
+                f"{store.path}: the latest {first_m} and {m} training runs differ in seed, data, "
+                "network or baseline; train them again with the same options")
+    return first, config
 
 
 def json_snapshot(store: RunStore, run_id: int) -> dict[str, Any]:
@@ -277,7 +335,7 @@ def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
                       and store.record(r.run_id, WHOLE_RUN, "summary") is not None]
         if not candidates:
             raise StoreError(f"{store.path}: no finished demo or evaluation to report; run "
-                             "`mtjlab evaluate` first")
+                             "'mtjlab evaluate' first")
         run_id = max(candidates)
         summary = store.record(run_id, WHOLE_RUN, "summary")
         sweep_run = json_snapshot(store, run_id).get("sweep_run", run_id)

@@ -375,7 +375,12 @@ async def _stream(svc: Service, job_id: int, first: dict[str, Any], queue: async
         if first["state"] in TERMINAL:
             return
         while True:
-            if not svc.worker.alive:  # nothing will ever finish this job
+            if not svc.worker.alive:  # nothing more will happen to this job
+                final = svc.jobs.get(job_id)
+                if final is not None and final["state"] in TERMINAL:
+                    if final["version"] > last:  # it ended just before the worker did
+                        yield _sse(final)
+                    return
                 yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
                 return
             try:

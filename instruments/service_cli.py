@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
 
 

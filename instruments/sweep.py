@@ -25,6 +25,8 @@ from .station import Station
 from .store import RunStore, die_key
 
 SWEEP_KIND = "sweep"
+#: run kinds whose dies carry measured defect maps (a demo run sweeps first)
+MEASURING_KINDS = (SWEEP_KIND, "demo")
 
 
 class SweepInterrupted(RuntimeError):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instruments.cli import EXIT_FAILED, EXIT_OK, main
+from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
 from instruments.offline import WHOLE_RUN
 from instruments.store import RunStore
@@ -117,4 +117,20 @@ def test_training_a_store_without_a_sweep_fails_clearly(tmp_path: Path,
     empty = tmp_path / "empty.sqlite"
     RunStore(empty).close()
     assert main(["-q", "train", "--store", str(empty), "--method", "sat"]) == EXIT_FAILED
-    assert "no sweep in this store; run `mtjlab sweep` first" in capsys.readouterr().err
+    assert "no sweep in this store; run 'mtjlab sweep' first" in capsys.readouterr().err
+
+
+def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
+        swept_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(swept_store)
+    assert main(["-q", "train", "--store", store, "--method", "baseline", "--small",
+                 "--seed", "4"]) == EXIT_OK
+    # another seed would split the digits differently: test digits could be training digits
+    assert main(["-q", "evaluate", "--store", store, "--seed", "0"]) == EXIT_BAD_INPUT
+    assert "trained with seed 4" in capsys.readouterr().err
+    with RunStore(swept_store, create=False) as store_:  # a later sweep that never finished
+        store_.create_run("sweep", store_.run_row(1)["station_yaml"], {}, "test", {})
+    assert main(["-q", "evaluate", "--store", store]) == EXIT_OK
+    with RunStore(swept_store, create=False) as store_:
+        summary = store_.record(store_.latest_run("evaluate"), WHOLE_RUN, "summary")
+    assert summary["seed"] == 4 and len(summary["methods"]["unaware"]["per_die"]) == 3

@@ -226,6 +226,10 @@ def test_raw_settings_beyond_the_limits_never_leave_the_driver(command: str) -> 
         assert len(devices(station)[1].received) == sent
 
 
+#: documented settings that apply no voltage: reviewed by hand, keep this list short
+NOT_BIASING = {"SENS:AVER:COUN"}  # how many readings a reply averages
+
+
 def test_every_bias_command_of_the_reference_is_guarded() -> None:
     """The guard's tables cover every setting and operation of docs/scpi.md that biases cells."""
     from drivers.crossbar import CrossbarTester
@@ -236,5 +240,5 @@ def test_every_bias_command_of_the_reference_is_guarded() -> None:
     prefixes = tuple(CrossbarTester.BIAS_OPERATIONS)
     for header in documented:
         assert (header in guarded_settings or header.startswith(prefixes)
-                or header in CrossbarTester.NEUTRAL_SETTINGS), header
+                or header in NOT_BIASING), header
 

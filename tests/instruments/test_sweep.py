@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drivers.prober import DieIndex
 from instruments.station import Station
 from instruments.store import RunStore, die_key
 from instruments.sweep import StopFlag, SweepInterrupted, run_sweep
 
 from .conftest import station_config
+from .fault_support import devices
 
 
 class Crash(Exception):
@@ -111,3 +113,17 @@ def test_unknown_die_in_plan_is_refused(tmp_path: Path) -> None:
     config = station_config(wafer={"dies": [[9, 9]]})
     with RunStore(tmp_path / "run.sqlite") as store, pytest.raises(ValueError, match="not on"):
         run_sweep(config, store)
+
+
+def test_station_sets_the_testers_averaging_from_the_station_file() -> None:
+    with Station(station_config(measurement={"averages": 32})) as station:
+        tester_device = devices(station)[1]
+        assert b"SENS:AVER:COUN 32" in tester_device.received
+        assert station.tester.averages == 32
+        with station.at_die(DieIndex(0, 0)):
+            quiet = [station.tester.read_array() for _ in range(2)]
+            station.tester.averages = 1
+            noisy = [station.tester.read_array() for _ in range(2)]
+    # read-to-read scatter falls as 1 / sqrt(averages): sqrt(32) ~ 5.7
+    ratio = np.std(noisy[0] - noisy[1]) / np.std(quiet[0] - quiet[1])
+    assert 4.0 < ratio < 8.0
