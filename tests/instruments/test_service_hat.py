@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from instruments.store import RunStore
 from training.datasets import load_default
 from training.defects import DefectMap
 from training.mapping import ArrayLayout, cells_from_defect_maps
@@ -52,3 +53,18 @@ def test_train_and_evaluate_jobs_use_the_loop(tmp_path: Path) -> None:
     unaware = evaluated["methods"]["unaware"]
     assert len(unaware["per_die"]) == trained["dies"]
     assert unaware["mean"] >= evaluated["baseline_error_pct"]  # defects only hurt on average
+
+
+@pytest.mark.slow
+def test_a_running_train_job_stops_between_epochs_when_cancelled(tmp_path: Path) -> None:
+    with live(tmp_path) as (url, _app), client(url) as c:
+        assert c.wait(c.submit("sweep")["id"], timeout_s=120)["state"] == "succeeded"
+        job = c.submit("train", method="baseline")
+        for view in c.events(job["id"], timeout_s=300):
+            if "epoch" in view["progress"]["message"]:
+                c.cancel(job["id"])
+                break
+        final = c.wait(job["id"], timeout_s=300)
+    assert final["state"] == "cancelled", final
+    with RunStore(tmp_path / "run.sqlite", create=False) as store:
+        assert not [r for r in store.runs() if r.kind == "train" and r.status == "finished"]
