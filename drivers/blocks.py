@@ -18,21 +18,29 @@ _MAX_DIGITS = 9
 _DIGITS = frozenset(b"0123456789")
 
 
-def encode_block(payload: bytes | bytearray | memoryview) -> bytes:
-    """Wrap `payload` in a definite-length block header (no message terminator)."""
+def encode_block(payload: bytes | bytearray | memoryview, prefix: bytes = b"",
+                 suffix: bytes = b"") -> bytes:
+    """Wrap `payload` in a definite-length block header (no message terminator).
+
+    prefix / suffix (e.g. the command header and the terminator) are joined in the same
+    single copy: a die's worth of data is 20 kB or more.
+    """
     view = memoryview(payload)
     view = view.cast("B") if view.c_contiguous else memoryview(bytes(view))
     length = str(view.nbytes)
     if len(length) > _MAX_DIGITS:
         raise BlockError(f"payload of {view.nbytes} bytes does not fit a definite-length block")
-    return b"".join((b"#", str(len(length)).encode(), length.encode(), view))  # one copy
+    return b"".join((prefix, b"#", str(len(length)).encode(), length.encode(), view, suffix))
 
 
-def encode_array(array: ArrayLike, dtype: DTypeLike | None = None) -> bytes:
-    """Encode an array row-major as a block of little-endian `dtype` (default: its own dtype)."""
+def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes = b"",
+                 suffix: bytes = b"") -> bytes:
+    """Encode an array row-major as a block of little-endian `dtype` (default: its own dtype),
+    between `prefix` and `suffix`."""
     arr = np.asarray(array)
     target = _little_endian(arr.dtype if dtype is None else dtype)
-    return encode_block(np.ascontiguousarray(arr, dtype=target).reshape(-1).data)
+    return encode_block(np.ascontiguousarray(arr, dtype=target).reshape(-1).data, prefix,
+                        suffix)
 
 
 def block_extent(data: bytes | bytearray | memoryview) -> int | None:

@@ -26,7 +26,7 @@ from drivers.errors import (
     InstrumentTimeout,
     ReplyError,
 )
-from drivers.transport import Resource, Session, Transport
+from drivers.transport import TERMINATION, Resource, Session, Transport
 
 ERROR_QUERY = "SYST:ERR?"
 #: Bound on queue reads per check: a SCPI queue holds 32 entries plus the overflow entry.
@@ -35,6 +35,11 @@ _UNCHECKED_SHOWN = 8
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"?(.*?)"?\s*$', re.DOTALL)
 
 T = TypeVar("T")
+
+
+def _message(command: str) -> bytes:
+    """A text command as sent: ASCII plus the terminator."""
+    return command.encode("ascii") + TERMINATION
 
 
 def parse_error_reply(reply: str) -> tuple[int, str]:
@@ -62,12 +67,12 @@ class SCPIInstrument(HasControls, Session):
 
     def write(self, command: str, *, check: bool | None = None) -> None:
         """Send a command without reply."""
-        self._exchange(command, command.encode("ascii"), None, check)
+        self._exchange(command, _message(command), None, check)
 
     def query(self, command: str, *, check: bool | None = None) -> str:
         """Send a query and return its text reply (terminator stripped)."""
         return self._exchange(
-            command, command.encode("ascii"), lambda: self._transport.read_text(command), check
+            command, _message(command), lambda: self._transport.read_text(command), check
         )
 
     # -- binary blocks ------------------------------------------------------------------------
@@ -98,7 +103,7 @@ class SCPIInstrument(HasControls, Session):
         With `data`, the query itself carries a block (e.g. ``INF:CURR? <block>``).
         """
         message = (
-            cmd.encode("ascii") if data is None else self._block_message(cmd, data, data_dtype)
+            _message(cmd) if data is None else self._block_message(cmd, data, data_dtype)
         )
 
         def read() -> np.ndarray:
@@ -108,7 +113,8 @@ class SCPIInstrument(HasControls, Session):
 
     @staticmethod
     def _block_message(cmd: str, array: ArrayLike, dtype: DTypeLike | None) -> bytes:
-        return cmd.encode("ascii") + b" " + encode_array(array, dtype)
+        """``<cmd> <block>`` with its terminator, built in one copy."""
+        return encode_array(array, dtype, prefix=cmd.encode("ascii") + b" ", suffix=TERMINATION)
 
     # -- error queue --------------------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class SCPIInstrument(HasControls, Session):
         """
         do_check = self._should_check(check)
         try:
-            self._transport.write(message, command)
+            self._transport.write(message, command, terminated=True)
             result = reader() if reader is not None else None
         except (InstrumentTimeout, BlockError) as symptom:
             if do_check:

@@ -88,9 +88,11 @@ class Transport:
         except (visa_errors.Error, OSError) as exc:
             raise map_io_error(self.name, command, exc) from exc
 
-    def write(self, payload: bytes, command: str) -> None:
-        """Send one message (`payload` + terminator); `command` names it in errors."""
-        self._io(command, lambda: self.resource.write_raw(payload + TERMINATION))
+    def write(self, payload: bytes, command: str, *, terminated: bool = False) -> None:
+        """Send one message (`payload` + terminator, unless `terminated`: it already ends
+        with it); `command` names it in errors."""
+        message = payload if terminated else payload + TERMINATION
+        self._io(command, lambda: self.resource.write_raw(message))
 
     def read(self, command: str) -> bytes:
         """One reply as raw bytes, terminator included if the device sent it."""

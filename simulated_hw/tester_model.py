@@ -24,13 +24,14 @@ class ScpiError(Exception):
         self.key = key
 
 
-def parse_block(data: bytes) -> memoryview:
+def parse_block(data: bytes | memoryview) -> memoryview:
     """Payload of an IEEE 488.2 definite-length block that makes up all of `data` (a view of
     `data`, not a copy: a die's worth of targets is 20 kB)."""
-    if len(data) < 2 or data[:1] != b"#" or not data[1:2].isdigit() or data[1:2] == b"0":
+    head = bytes(data[:11])  # '#', the digit count and up to nine length digits
+    if len(head) < 2 or head[:1] != b"#" or not head[1:2].isdigit() or head[1:2] == b"0":
         raise ScpiError("block_error", "bad block header")
-    n = int(data[1:2])
-    digits = data[2 : 2 + n]
+    n = int(head[1:2])
+    digits = head[2 : 2 + n]
     if len(digits) != n or not digits.isdigit():
         raise ScpiError("block_error", "bad block length field")
     length = int(digits)
@@ -96,7 +97,7 @@ class TesterModel:
 
     def _uint8_block(self, args: bytes, allowed_max: int) -> np.ndarray:
         if args[:1] == b" " or args[-1:] == b" ":
-            args = args.strip(b" ")
+            args = bytes(args).strip(b" ")
         payload = parse_block(args)
         values = np.frombuffer(payload, dtype=np.uint8)
         if values.size and int(values.max()) > allowed_max:
