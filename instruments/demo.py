@@ -7,21 +7,20 @@ every die with every solution, run inference on the chip, and report.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.datasets import load_default
+from training.datasets import data_label, load_default
 from training.experiment import METHODS, ExperimentConfig, train_all
 from training.sensitivity import loss_distribution
 
 from .config import StationConfig
 from .loop import DieInference, load_measurements, program_and_infer, summarize
 from .offline import WHOLE_RUN, report_from_store
-from .progress import EpochBars, bar
+from .progress import EpochBars, bar, say
 from .report import table
 from .station import Station
 from .store import RunStore, die_key
@@ -35,11 +34,6 @@ def demo_station(seed: int, dies: int | None = None) -> StationConfig:
         plan = {"dies": [[i % 6, i // 6] for i in range(dies)]}
     return StationConfig.model_validate(
         {"name": "demo", "instruments": {"simulated": {"seed": seed}}, "wafer": plan})
-
-
-def _say(quiet: bool, text: str) -> None:
-    if not quiet:
-        print(text, file=sys.stderr, flush=True)
 
 
 def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool = False,
@@ -62,12 +56,12 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
         timing["sweep"] = time.perf_counter() - t0
         measured = load_measurements(store, run_id)
         device = measured.device_model()
-        _say(quiet, f"measured {len(measured.dies)} dies; training baseline, HAT, SAT ...")
+        say(quiet, f"measured {len(measured.dies)} dies; training baseline, HAT, SAT ...")
 
         t1 = time.perf_counter()
         with EpochBars(quiet) as epochs:
             sol = train_all(data, measured.maps, device, exp_config, seed,
-                            progress=None if quiet else lambda msg: _say(False, msg),
+                            progress=lambda msg: say(quiet, msg),
                             on_epoch=epochs)
         timing["training"] = time.perf_counter() - t1
 
@@ -100,7 +94,7 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
         timing["total"] = time.perf_counter() - t0
         summary: dict[str, Any] = {
             "seed": seed,
-            "data": data_dir or "embedded (scikit-learn digits)",
+            "data": data_label(data_dir),
             "dies": len(measured.dies),
             "baseline_error_pct": sol.baseline_error_pct,
             "methods": {m: summarize({d: r.error_pct for d, r in results[m].items()},

@@ -53,8 +53,8 @@ class MeasuredWafer:
 
     def defect_rates(self) -> dict[str, float]:
         """Share of defective cells per die key."""
-        return {f"{d.col},{d.row}": float((m.kinds != CellDefect.OK).mean())
-                for d, m in zip(self.dies, self.maps, strict=True)}
+        return {key: float((m.kinds != CellDefect.OK).mean())
+                for key, m in zip(self.keys, self.maps, strict=True)}
 
 
 def latest_measurement_run(store: RunStore) -> int:

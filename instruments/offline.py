@@ -9,19 +9,16 @@ and fitted device conductances, batched over dies) and keeps the summary as an "
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from training.datasets import BinaryData, load_default
+from training.datasets import BinaryData, data_label, load_default
 from training.evaluation import evaluate_on_dies
 from training.experiment import (
     ExperimentConfig,
@@ -41,7 +38,7 @@ from training.trainers import TrainResult
 
 from . import __version__
 from .loop import MeasuredWafer, load_measurements, summarize
-from .progress import EpochBars
+from .progress import EpochBars, say
 from .report import table, write_report
 from .store import RunStore, StoreError
 
@@ -49,27 +46,9 @@ TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
 TRAIN_METHODS = ("baseline", "hat", "sat")
 #: what each trained method is evaluated as: baseline weights on any die are "unaware"
 EVALUATED_AS = {"baseline": ("unaware", "unaware_cm"), "hat": ("hat",), "sat": ("sat", "placed")}
+#: evaluated methods that use their training run's per-die layouts (the others: the fixed one)
+PER_DIE_LAYOUTS = ("hat", "placed")
 WHOLE_RUN = "-"  # die key of per-run arrays and records
-
-
-def _say(quiet: bool, text: str) -> None:
-    if not quiet:
-        print(text, file=sys.stderr, flush=True)
-
-
-def _data_label(data_dir: str | None) -> str:
-    return data_dir or "embedded (scikit-learn digits)"
-
-
-@dataclass
-class Trained:
-    """One method's stored training: weights (1 or D per layer) and per-die layouts if placed."""
-
-    run_id: int
-    method: str
-    weights: list[torch.Tensor]
-    layouts: list[ArrayLayout] | None
-    info: dict[str, Any]
 
 
 def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,
@@ -106,7 +85,9 @@ def _failing_marks(store: RunStore, run_id: int) -> Iterator[None]:
         raise
 
 
-def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]) -> Trained:
+def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]
+                  ) -> tuple[list[torch.Tensor], list[ArrayLayout] | None]:
+    """A training run's weights (1 or D per layer) and its per-die layouts, if it placed."""
     info = store.record(run_id, WHOLE_RUN, "train")
     if info is None:
         raise StoreError(f"{store.path}: training run {run_id} is incomplete; train again")
@@ -120,7 +101,7 @@ def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]) -
         layouts = [setup.layout.with_placement_arrays(
             {n: store.array(run_id, key, f"layout/{n}")
              for n in setup.layout.placement_arrays()}) for key in keys]
-    return Trained(run_id, info["method"], weights, layouts, info)
+    return weights, layouts
 
 
 def _stored_weights(store: RunStore, run_id: int) -> list[torch.Tensor]:
@@ -142,7 +123,7 @@ def _latest_trained(store: RunStore, measured: MeasuredWafer) -> dict[str, int]:
     for run in store.runs():
         if run.kind != TRAIN_KIND or run.status != "finished":
             continue
-        meta = json_snapshot(store, run.run_id)
+        meta = store.snapshot(run.run_id)
         if meta.get("sweep_run") == measured.run_id:
             found[meta["method"]] = run.run_id
     return found
@@ -179,21 +160,21 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
             baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
                                                quiet, epochs)
             if method == "hat":
-                _say(quiet, f"hardware-aware training for {len(measured.dies)} dies")
+                say(quiet, f"hardware-aware training for {len(measured.dies)} dies")
                 result, layouts = run_hat(data, setup, baseline, config, seed,
                                           for_stage(epochs, "hat"))
             else:
-                _say(quiet, "statistics-aware training")
+                say(quiet, "statistics-aware training")
                 result = run_sat(data, setup, baseline, config, seed, for_stage(epochs, "sat"))
-                _say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
+                say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
                 layouts = run_placement(data, setup, result.weights, config)
-            info = _info(method, measured, data_dir, seed, base_err)
             run_id = _save_trained(store, measured, method, seed, data_dir, config, result,
-                                   layouts, info | {"epoch_s": result.mean_epoch_s})
-    _say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} measured dies "
-                f"(software baseline error {base_err:.2f} %)")
-    return _info(method, measured, data_dir, seed, base_err) | {
-        "run_id": run_id, "seconds": time.perf_counter() - t0}
+                                   layouts, _info(method, measured, data_dir, seed, base_err)
+                                   | {"epoch_s": result.mean_epoch_s})
+        info = store.record(run_id, WHOLE_RUN, "train")
+    say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} measured dies "
+               f"(software baseline error {base_err:.2f} %)")
+    return info | {"run_id": run_id, "seconds": time.perf_counter() - t0}
 
 
 def _both(first: StageEpochHook, second: StageEpochHook) -> StageEpochHook:
@@ -208,7 +189,7 @@ def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
           base_err: float) -> dict[str, Any]:
     return {"method": method, "sweep_run": measured.run_id, "dies": len(measured.dies),
             "die_keys": measured.keys,
-            "data": _data_label(data_dir), "data_dir": data_dir, "seed": seed,
+            "data": data_label(data_dir), "data_dir": data_dir, "seed": seed,
             "baseline_error_pct": base_err}
 
 
@@ -216,7 +197,7 @@ def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
                     data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
                     epochs: StageEpochHook | None = None
                     ) -> tuple[int, list[torch.Tensor], float]:
-    _say(quiet, "training the software baseline")
+    say(quiet, "training the software baseline")
     result, err = run_baseline(data, config, seed, for_stage(epochs, "baseline"))
     info = _info("baseline", measured, data_dir, seed, err) | {"epoch_s": result.mean_epoch_s}
     run_id = _save_trained(store, measured, "baseline", seed, data_dir, config, result, None,
@@ -231,7 +212,7 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
     run_id = _latest_trained(store, measured).get("baseline")
     if run_id is not None:
         info = store.record(run_id, WHOLE_RUN, "train") or {}
-        stored = ExperimentConfig.model_validate(json_snapshot(store, run_id)["experiment"])
+        stored = ExperimentConfig.model_validate(store.snapshot(run_id)["experiment"])
         if (info.get("data_dir"), info.get("seed"), stored.network, stored.baseline) == (
                 data_dir, seed, config.network, config.baseline):
             return _stored_weights(store, run_id), float(info["baseline_error_pct"])
@@ -270,13 +251,12 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
         for method in TRAIN_METHODS:
             if method not in trained_runs:
                 continue
-            trained = _load_trained(store, trained_runs[method], setup, measured.keys)
-            shared[method] = trained.weights
+            weights, layouts = _load_trained(store, trained_runs[method], setup, measured.keys)
+            shared[method] = weights
             for name in EVALUATED_AS[method]:
-                fixed = name in ("unaware", "unaware_cm", "sat")
-                layout, net = as_method(name, setup.layout if fixed or trained.layouts is None
-                                        else trained.layouts, config.network)
-                errors = evaluate_on_dies(trained.weights, data.x_test, data.y_test, layout,
+                per_die = layouts if name in PER_DIE_LAYOUTS and layouts else setup.layout
+                layout, net = as_method(name, per_die, config.network)
+                errors = evaluate_on_dies(weights, data.x_test, data.y_test, layout,
                                           setup.cells, net, base_err)
                 methods[name] = summarize(dict(zip(measured.keys,
                                                    map(float, errors.per_die), strict=True)),
@@ -286,7 +266,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
                                            seed=seed).losses
                   for m, label in (("baseline", "baseline"), ("sat", "SAT")) if m in shared}
         summary: dict[str, Any] = {
-            "seed": seed, "data": _data_label(data_dir), "dies": len(measured.dies),
+            "seed": seed, "data": data_label(data_dir), "dies": len(measured.dies),
             "baseline_error_pct": base_err, "methods": methods,
             "source": "emulated from measured defect maps",
             "loss_std": {k: float(v.std()) for k, v in losses.items()},
@@ -308,7 +288,7 @@ def _agreed_training(store: RunStore, trained_runs: dict[str, int]
     """The shared training record and experiment of the runs to evaluate; they must agree on
     data, seed, network and baseline."""
     infos = {m: store.record(r, WHOLE_RUN, "train") or {} for m, r in trained_runs.items()}
-    configs = {m: ExperimentConfig.model_validate(json_snapshot(store, r)["experiment"])
+    configs = {m: ExperimentConfig.model_validate(store.snapshot(r)["experiment"])
                for m, r in trained_runs.items()}
     first_m = next(iter(infos))
     first, config = infos[first_m], configs[first_m]
@@ -322,11 +302,6 @@ def _agreed_training(store: RunStore, trained_runs: dict[str, int]
     return first, config
 
 
-def json_snapshot(store: RunStore, run_id: int) -> dict[str, Any]:
-    """A run's snapshot as a dict."""
-    return dict(json.loads(store.run_row(run_id)["snapshot_json"]))
-
-
 def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
     """summary.json, report.md and plots from the store's latest demo or evaluation."""
     with _open(store_path) as store:
@@ -338,7 +313,7 @@ def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
                              "'mtjlab evaluate' first")
         run_id = max(candidates)
         summary = store.record(run_id, WHOLE_RUN, "summary")
-        sweep_run = json_snapshot(store, run_id).get("sweep_run", run_id)
+        sweep_run = store.snapshot(run_id).get("sweep_run", run_id)
         measured = load_measurements(store, sweep_run)
         losses = {name.removeprefix("losses/"): store.array(run_id, WHOLE_RUN, name)
                   for die, name in store.array_names(run_id)

@@ -8,6 +8,12 @@ from typing import Any
 from tqdm import tqdm
 
 
+def say(quiet: bool, text: str) -> None:
+    """A status line on stderr unless quiet."""
+    if not quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
 def bar(desc: str, quiet: bool, total: int | None = None, unit: str = "die") -> tqdm:
     """A transient bar on stderr (disabled when quiet)."""
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr, leave=False)

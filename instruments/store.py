@@ -205,6 +205,10 @@ class RunStore:
             raise StoreError(f"{self.path}: no run {run_id}")
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
+    def snapshot(self, run_id: int) -> dict[str, Any]:
+        """The snapshot a run was created with, as a dict."""
+        return dict(json.loads(self.run_row(run_id)["snapshot_json"]))
+
     def latest_run(self, kind: str | None = None, unfinished: bool = False) -> int | None:
         sql = "SELECT run_id FROM runs WHERE 1=1"
         args: list[Any] = []

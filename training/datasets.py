@@ -219,6 +219,11 @@ def prepare(dataset: Dataset, side: int = 10, threshold: float = 0.3) -> BinaryD
     )
 
 
+def data_label(data_dir: str | Path | None) -> str:
+    """How reports name the data `load_default(data_dir)` reads."""
+    return str(data_dir) if data_dir is not None else "embedded (scikit-learn digits)"
+
+
 def load_default(data_dir: str | Path | None = None, side: int = 10,
                  threshold: float = 0.3, seed: int = 0) -> BinaryData:
     """MNIST from data_dir if given, else the embedded digits; preprocessed."""
