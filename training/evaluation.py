@@ -14,6 +14,8 @@ from .mapping import (
     LayerCells,
     SparseLayerDeviation,
     check_readout,
+    common_mode_readout,
+    dies_deviations,
     dies_layers,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
@@ -71,132 +73,114 @@ def _network_for(weights: Sequence[torch.Tensor], net_config: NetworkConfig) -> 
     return net
 
 
-@torch.no_grad()
-def _sparse_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
-                   cells: Sequence[LayerCells], net_config: NetworkConfig,
-                   max_density: float) -> torch.Tensor | None:
-    """Scores (D, N, C) of shared weights on D dies as ideal + sparse per-die corrections.
+def _sparse_product(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+                    n_rows: int, dense: torch.Tensor) -> torch.Tensor:
+    """(n_rows, N): the sparse matrix with `values` at (rows, cols) times dense (k, N)."""
+    mat = torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n_rows, dense.shape[0]),
+                                  check_invariants=False)
+    return torch.sparse.mm(mat, dense)
 
-    Defects are rare, so each layer's conductances differ from the ideal +-1 on few weights:
-    the ideal product is computed once and the corrections with a sparse matmul. Returns None
-    when the deviations are too dense (e.g. per-device variation) for this to pay off.
-    """
-    n_dies = cells[0].n
-    h: torch.Tensor = x  # (N, n_in) shared, later (D, N, n_in)
-    z = h
-    for i, (w, lc) in enumerate(zip(weights, cells, strict=True)):
-        w = torch.as_tensor(w, dtype=torch.float32)
-        w = w[0] if w.ndim == 3 else w
-        s = (w > 0).float()
-        delta = lc.a + s * lc.b - (2 * s - 1)  # (D, n_in, n_out)
-        nz = delta.abs() > 1e-6
-        if nz.float().mean() > max_density:
-            return None
-        d_idx, i_idx, j_idx = nz.nonzero(as_tuple=True)
-        n_in, n_out = delta.shape[1:]
-        z = h @ (2 * s - 1)  # (N, n_out) or (D, N, n_out)
-        if z.ndim == 2:
-            z = z.expand(n_dies, *z.shape)
-            cols = i_idx
-            ht = h.T  # (n_in, N)
-        else:
-            cols = d_idx * n_in + i_idx
-            ht = h.transpose(1, 2).reshape(n_dies * n_in, -1)
-        rows = d_idx * n_out + j_idx
-        corr = torch.sparse_coo_tensor(torch.stack([rows, cols]), delta[nz],
-                                       (n_dies * n_out, ht.shape[0]), check_invariants=False)
-        z = z + torch.sparse.mm(corr, ht).reshape(n_dies, n_out, -1).transpose(1, 2)
-        if i < len(weights) - 1:
-            h = (z > 0).float()
-    return combine_copies(z, net_config.output_copies, net_config.copy_combine)
+
+def _may_flag(inv: torch.Tensor, excess_terms: torch.Tensor, n_keys: int, tol: float
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs (keys) whose common-mode excess can exceed tol (the sum of their entries'
+    |excess| does), the compact key index of each of their entries, and those entries (a
+    mask): the read-out leaves every other output unchanged."""
+    bound = torch.zeros(n_keys).index_add_(0, inv, excess_terms.abs())
+    flag = (bound > tol).nonzero().flatten()
+    compact = torch.full((n_keys,), -1, dtype=torch.long)
+    compact[flag] = torch.arange(flag.numel())
+    sub = compact[inv]
+    w = sub >= 0
+    return flag, sub[w], w
 
 
 @torch.no_grad()
-def _deviation_errors(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
                       devs: Sequence[SparseLayerDeviation], net_config: NetworkConfig
-                      ) -> np.ndarray:
-    """Error (percent) per die of shared two-layer weights: the ideal products are computed
-    once; per die only the hidden neurons that carry a defect are recomputed (a sparse matmul),
-    the hidden activations that flip are scattered into the die's scores, and output-layer
-    defects add their row's activation. No dense (dies, samples, hidden) tensor is built.
+                      ) -> torch.Tensor:
+    """Class scores (D, N, C) of shared two-layer weights on D dies, from their deviations.
+
+    The ideal products are computed once. Per die, only the hidden neurons that carry a
+    defect are recomputed (a sparse product, read out as the network does); the activations
+    that flip are scattered into the die's scores; output-layer defects add their row's
+    activation and, with the common-mode read-out, the outputs they touch are read out again.
+    No dense (dies, samples, hidden) tensor is built. Exact: equals the dense forward pass
+    (conductances are quantized, `mapping.QUANTUM_UNITS`).
     """
     d1, d2 = devs
     n_dies, n, hid = d1.n, x.shape[0], d1.n_out
+    common = net_config.readout == "common_mode"
+    tol = net_config.readout_tol
     w1, w2 = (torch.as_tensor(w, dtype=torch.float32) for w in weights)
     w1, w2 = (w[0] if w.ndim == 3 else w for w in (w1, w2))
     s1, s2 = (w1 > 0).float(), (w2 > 0).float()
     xt = x.T.contiguous()  # (n_in, N)
-    wt2 = (2 * s2 - 1).T.contiguous()  # (C_phys, H)
+    wt2 = (2 * s2 - 1).contiguous()  # (H, C_phys)
     z1 = (2 * s1 - 1).T @ xt  # (H, N) ideal
     h1 = z1 > 0
-    c_phys = wt2.shape[0]
-    scores = (h1.T.float() @ wt2.T).expand(n_dies, -1, -1).contiguous()  # (D, N, C_phys)
+    c_phys = wt2.shape[1]
+    scores = (h1.T.float() @ wt2).expand(n_dies, -1, -1).contiguous()  # (D, N, C_phys)
+    active = h1.sum(dim=0).float().expand(n_dies, -1).contiguous()  # (D, N) layer-2 inputs on
     # layer 1: neurons (die, j) with defects, recomputed from the ideal plus a sparse product
-    key1 = d1.die * hid + d1.col
-    keys, inv = torch.unique(key1, return_inverse=True)  # sorted
+    keys, inv = torch.unique(d1.die * hid + d1.col, return_inverse=True)  # sorted
     h_aff = None
     if keys.numel():
-        delta = d1.da + s1[d1.row, d1.col] * d1.db
-        corr = torch.sparse.mm(torch.sparse_coo_tensor(torch.stack([inv, d1.row]), delta,
-                                                       (keys.numel(), xt.shape[0]),
-                                                       check_invariants=False), xt)
         jj = keys % hid
-        h_aff = corr.add_(z1.index_select(0, jj)) > 0  # (U, N)
+        s_at = s1[d1.row, d1.col]
+        z = _sparse_product(inv, d1.row, d1.da + s_at * d1.db, keys.numel(), xt)
+        z.add_(z1.index_select(0, jj))
+        if common:
+            flag, sub, w = _may_flag(inv, d1.dc + s_at * d1.de, keys.numel(), tol)
+            excess = _sparse_product(sub, d1.row[w], (d1.dc + s_at * d1.de)[w], flag.numel(),
+                                     xt)
+            z[flag] = common_mode_readout(z[flag], excess, x.sum(dim=1)[None, :], tol)[0]
+        h_aff = z > 0  # (U, N)
         fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
         if fu.numel():
-            # flipped activations as a sparse (D*N, H) matrix of +-1 times W2
             sign = h_aff[fu, fn].float() * 2 - 1
-            flips = torch.sparse_coo_tensor(torch.stack([(keys[fu] // hid) * n + fn, jj[fu]]),
-                                            sign, (n_dies * n, hid), check_invariants=False)
-            scores.view(n_dies * n, c_phys).add_(torch.sparse.mm(flips, wt2.T.contiguous()))
-    # layer 2: each defect adds (da + s db) x its row's (per-die) activation
+            at = (keys[fu] // hid) * n + fn  # (die, sample) of each flip
+            flips = torch.sparse_coo_tensor(torch.stack([at, jj[fu]]), sign, (n_dies * n, hid),
+                                            check_invariants=False)
+            scores.view(n_dies * n, c_phys).add_(torch.sparse.mm(flips, wt2))
+            active.view(-1).index_add_(0, at, sign)
+    reliable = torch.ones(scores.shape, dtype=torch.bool) if common else None
     if d2.die.numel():
+        # each defect adds (da + s db) x its row's activation on that die
         src = h1.index_select(0, d2.row).float()  # (nnz2, N)
         if h_aff is not None:
             key2 = d2.die * hid + d2.row
             pos = torch.searchsorted(keys, key2).clamp(max=keys.numel() - 1)
             hit = keys[pos] == key2
             src[hit] = h_aff[pos[hit]].float()
-        delta2 = d2.da + s2[d2.row, d2.col] * d2.db
-        extra = torch.zeros(n_dies * c_phys, n).index_add_(0, d2.die * c_phys + d2.col,
-                                                         src * delta2[:, None])
-        scores.add_(extra.view(n_dies, c_phys, n).transpose(1, 2))
-    cls = combine_copies(scores, net_config.output_copies,
-                         net_config.copy_combine)  # (D, N, C)
-    wrong = (cls.argmax(dim=-1) != y).sum(dim=-1)
-    return (100.0 * wrong.double() / n).numpy()
+        s_at = s2[d2.row, d2.col]
+        keys2, inv2 = torch.unique(d2.die * c_phys + d2.col, return_inverse=True)
+        extra = torch.zeros(keys2.numel(), n).index_add_(0, inv2, src * (d2.da + s_at * d2.db)
+                                                         [:, None])
+        die2, col2 = keys2 // c_phys, keys2 % c_phys
+        out = scores[die2, :, col2] + extra  # (U2, N)
+        if common:
+            flag, sub, w = _may_flag(inv2, d2.dc + s_at * d2.de, keys2.numel(), tol)
+            excess = torch.zeros(flag.numel(), n).index_add_(
+                0, sub, src[w] * (d2.dc + s_at * d2.de)[w][:, None])
+            out[flag], ok = common_mode_readout(out[flag], excess, active[die2[flag]], tol)
+            assert reliable is not None
+            reliable[die2[flag], :, col2[flag]] = ok
+        scores[die2, :, col2] = out
+    return combine_copies(scores, net_config.output_copies, net_config.copy_combine, reliable)
 
 
 @torch.no_grad()
 def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                 net_config: NetworkConfig, cells: Sequence[LayerCells] | None = None,
-                chunk: int = 4096, sparse_max_density: float = 0.05) -> np.ndarray:
-    """Error (percent) for each die/replica: weights (1 or D, n_in, n_out), cells (D or None).
-
-    Shared weights on dies whose conductances deviate from ideal on few cells (defect maps with
-    nominal devices) take the sparse path: cost nearly independent of the number of dies.
-    """
-    shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
-                 for w in weights)
-    if cells is not None and shared and cells[0].n > 1 and net_config.readout == "diff":
-        wrong = None
-        for i in range(0, len(x), chunk):
-            scores = _sparse_scores(weights, x[i:i + chunk], cells, net_config,
-                                    sparse_max_density)
-            if scores is None:
-                wrong = None
-                break
-            miss = (scores.argmax(dim=-1) != y[i:i + chunk]).sum(dim=-1)
-            wrong = miss if wrong is None else wrong + miss
-        if wrong is not None:
-            return (100.0 * wrong.double() / len(x)).numpy()
+                chunk: int = 4096) -> np.ndarray:
+    """Error (percent) for each die/replica: weights (1 or D, n_in, n_out), cells (D or None);
+    the network's dense forward pass, in chunks of samples."""
     net = _network_for(weights, net_config)
-    wrong = None
+    wrong = torch.zeros(())
     for i in range(0, len(x), chunk):
         scores = net(x[i:i + chunk], cells)
-        miss = (scores.argmax(dim=-1) != y[i:i + chunk]).sum(dim=-1)
-        wrong = miss if wrong is None else wrong + miss
-    assert wrong is not None
+        wrong = wrong + (scores.argmax(dim=-1) != y[i:i + chunk]).sum(dim=-1)
     return (100.0 * wrong.double() / len(x)).numpy()
 
 
@@ -205,18 +189,21 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
                      net_config: NetworkConfig, baseline_pct: float | None = None) -> DieErrors:
     """Error of weights (shared, or one set per die) on D dies' conductances, batched.
 
-    layout: one layout for all dies, or one per die (defect-aware placement).
+    layout: one layout for all dies, or one per die (defect-aware placement). Shared weights
+    of a two-layer network on dies with few deviating cells (defect maps with nominal devices)
+    take the sparse path, whose cost grows with the number of defects rather than of dies;
+    anything else runs the network's dense forward pass. Both give the same result.
     """
     check_readout(layout, net_config.readout, net_config.readout_tol)
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
-    if (isinstance(layout, ArrayLayout) and shared and len(weights) == 2
-            and net_config.readout == "diff"):
-        devs = layout.sparse_deviations(cells)
-        if devs is not None:
-            return DieErrors(_deviation_errors(weights, x, y, devs, net_config), baseline_pct)
-    return DieErrors(error_rates(weights, x, y, net_config, dies_layers(layout, cells)),
-                     baseline_pct)
+    devs = dies_deviations(layout, cells) if shared and len(weights) == 2 else None
+    if devs is None:
+        return DieErrors(error_rates(weights, x, y, net_config, dies_layers(layout, cells)),
+                         baseline_pct)
+    scores = _deviation_scores(weights, x, devs, net_config)
+    wrong = (scores.argmax(dim=-1) != y).sum(dim=-1)
+    return DieErrors((100.0 * wrong.double() / len(x)).numpy(), baseline_pct)
 
 
 def software_error(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,

@@ -481,38 +481,15 @@ class ArrayLayout:
         if (defects.rows, defects.cols) != (self.rows, self.cols):
             raise ValueError(f"defects of a {defects.rows} x {defects.cols} array for a "
                              f"{self.rows} x {self.cols} layout")
-        dev = self.device
-        layer_of, pos_of, side_of = self.cell_lookup()
-        layer, pos, side = layer_of[defects.flat], pos_of[defects.flat], side_of[defects.flat]
-        k, r = defects.kind, defects.resistance_ohm
-        measured = 1.0 / r.clamp_min(1e-3)
-        g = torch.where(
-            k == CellDefect.SHORT, torch.where(r > 0, measured, dev.g_short_s),
-            torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
-                        torch.where(k == CellDefect.STUCK_P, dev.g_p_s, dev.g_ap_s)))
-        # a device fixed at g: a += g - (its nominal at w = -1) on the plus side, minus that on
-        # the minus side; b -= 1; common mode c += g - nominal at w = -1, e -= side
-        dc = torch.where(side > 0, g - dev.g_ap_s, g - dev.g_p_s) / dev.unit_s
-        sf = side.float()
-        return [self._deviation(i, defects.n, defects.die, pos, layer == i, sf * dc,
-                                -torch.ones_like(dc), dc, -sf) for i in range(len(self.layers))]
-
-    def _deviation(self, i: int, n: int, die: torch.Tensor, pos: torch.Tensor,
-                   sel: torch.Tensor, da: torch.Tensor, db: torch.Tensor, dc: torch.Tensor,
-                   de: torch.Tensor) -> SparseLayerDeviation:
-        """Layer i's entries (selected by sel) of per-device deviations, per replica row."""
-        lp = self.layers[i]
-        p = pos[sel]
-        return SparseLayerDeviation(n, lp.n_in, lp.n_out, die[sel], p // lp.n_out,
-                                    p % lp.n_out, *(t[sel] / lp.replicas for t in (da, db, dc,
-                                                                                 de)))
+        g = defect_conductance(defects.kind, defects.resistance_ohm, self.device)
+        return self._deviations(defects.n, defects.die, defects.flat, g, g)
 
     def sparse_deviations(self, cells: ArrayCells, max_density: float = 0.05
                           ) -> list[SparseLayerDeviation] | None:
-        """Per layer, the cells whose conductances differ from nominal, as additive (a, b)
-        corrections: a = -1 + da, b = 2 + db at (die, input, output). None when more than
-        `max_density` of the array's cells deviate (e.g. per-device variation): use
-        `layer_cells` then. Cost grows with the number of defects, not of cells per die."""
+        """Per layer, the cells whose conductances differ from nominal, as additive
+        corrections. None when more than `max_density` of the array's cells deviate (e.g.
+        per-device variation): use `layer_cells` then. Cost grows with the number of defects,
+        not of cells per die."""
         if cells.shape != (self.rows, self.cols):
             raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
                              f"{self.cols} layout")
@@ -520,32 +497,38 @@ class ArrayLayout:
         n = cells.n
         gp = cells.g_p.reshape(n, -1)
         gap = cells.g_ap.reshape(n, -1)
-        tol = 1e-4 * dev.unit_s
-        off = ((gp - dev.g_p_s).abs() > tol) | ((gap - dev.g_ap_s).abs() > tol)
+        off = (gp != dev.g_p_s) | (gap != dev.g_ap_s)
         if float(off.float().mean()) > max_density:
             return None
         die, flat = off.nonzero(as_tuple=True)
+        return self._deviations(n, die, flat, gp[die, flat], gap[die, flat])
+
+    def _deviations(self, n: int, die: torch.Tensor, flat: torch.Tensor, g_p: torch.Tensor,
+                    g_ap: torch.Tensor) -> list[SparseLayerDeviation]:
+        """Per layer, the (a, b, c, e) deviations of devices at (die, flat array index) that
+        show g_p if programmed P and g_ap if AP; the same quantized terms as `extract_layer`,
+        so dense and sparse paths agree exactly."""
+        dev = self.device
         layer_of, pos_of, side_of = self.cell_lookup()
         layer, pos, side = layer_of[flat], pos_of[flat], side_of[flat]
-        g_p, g_ap = gp[die, flat], gap[die, flat]
-        # plus device: a = g_ap(plus) - G_P(minus), b gains g_p - g_ap of the plus device
-        # minus device: a = G_AP(plus) - g_p(minus), b gains g_p - g_ap of the minus device
-        da = torch.where(side > 0, g_ap - dev.g_ap_s, dev.g_p_s - g_p) / dev.unit_s
-        db = ((g_p - g_ap) - dev.unit_s) / dev.unit_s
-        # common mode: c deviates by the device's own w = -1 deviation, e by side * db
-        dc = torch.where(side > 0, g_ap - dev.g_ap_s, g_p - dev.g_p_s) / dev.unit_s
-        sf = side.float()
-        return [self._deviation(i, n, die, pos, layer == i, da, db, dc, sf * db)
-                for i in range(len(self.layers))]
+        reps = torch.tensor([lp.replicas for lp in self.layers] + [1], dtype=torch.float32)
+        scale = 1.0 / (dev.unit_s * reps[layer])  # layer -1 (unused cells): dropped below
+        terms = pair_terms(side, device_deviation(g_p, dev.g_p_s, scale),
+                           device_deviation(g_ap, dev.g_ap_s, scale))
+        out = []
+        for i, lp in enumerate(self.layers):
+            sel = layer == i
+            p = pos[sel]
+            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, die[sel], p // lp.n_out,
+                                            p % lp.n_out, *(t[sel] for t in terms)))
+        return out
 
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
         """Per-layer conductances (weight units) of D arrays with this layout."""
         if cells.shape != (self.rows, self.cols):
             raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
                              f"{self.cols} layout")
-        dev = self.device
-        return [extract_layer(cells, lp, dev.unit_s, dev.g_p_s + dev.g_ap_s)
-                for lp in self.layers]
+        return [extract_layer(cells, lp, self.device) for lp in self.layers]
 
 
 @dataclass(frozen=True)
@@ -676,26 +659,64 @@ class SparseLayerDeviation:
         return LayerCells(*parts)
 
 
-def extract_layer(cells: ArrayCells, lp: LayerPlacement, unit_s: float,
-                  nominal_common_s: float | None = None) -> LayerCells:
-    """Gather one layer's (a, b, c, e) in weight units from array conductances.
+#: resolution of conductances in weight units (2^-10, about 0.1 % of a weight's swing). Every
+#: device's deviation from nominal is rounded to it, so the products of binary inputs with the
+#: conductances are exact in float32 whatever the summation order: the dense forward pass and the
+#: sparse evaluation paths agree bit for bit, and an output that is exactly zero reads as off.
+QUANTUM_UNITS = 2.0 ** -10
 
-    nominal_common_s: G_P + G_AP of a healthy pair (the common mode's reference; None: c = 0).
+
+def device_deviation(g_s: torch.Tensor, nominal_s: float, scale: float | torch.Tensor
+                     ) -> torch.Tensor:
+    """(g - nominal) * scale rounded to `QUANTUM_UNITS`: one device's share of a layer's
+    conductance in weight units (scale = 1 / (unit * row replicas))."""
+    return torch.round((g_s - nominal_s) * (scale / QUANTUM_UNITS)) * QUANTUM_UNITS
+
+
+def pair_terms(side: torch.Tensor, dgp: torch.Tensor, dgap: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What one device adds to its pair's (a, b, c, e), from its deviations if programmed P
+    (dgp) and AP (dgap). side: +1 plus device, -1 minus device.
+
+    a = g_AP(plus) - g_P(minus), b = (g_P - g_AP)(plus) + (g_P - g_AP)(minus),
+    c = g_AP(plus) + g_P(minus) (the common mode at w = -1), e = (g_P - g_AP)(plus) - (minus).
     """
+    plus = side > 0
+    db = dgp - dgap
+    return (torch.where(plus, dgap, -dgp), db, torch.where(plus, dgap, dgp),
+            side.to(db.dtype) * db)
+
+
+def extract_layer(cells: ArrayCells, lp: LayerPlacement, device: DeviceModel) -> LayerCells:
+    """Gather one layer's (a, b, c, e) in weight units from array conductances: nominal values
+    (a = -1, b = 2, c = e = 0) plus every device's quantized deviation (`device_deviation`)."""
     n, rows, cols = cells.g_p.shape
     plus, minus = lp.flat_index(cols)
     gp, gap = cells.g_p.reshape(n, rows * cols), cells.g_ap.reshape(n, rows * cols)
     shape = (n, *plus.shape)
-    pf, mf = plus.reshape(-1), minus.reshape(-1)
-    gp_plus, gap_plus = gp[:, pf].view(shape), gap[:, pf].view(shape)
-    gp_minus, gap_minus = gp[:, mf].view(shape), gap[:, mf].view(shape)
-    a = gap_plus - gp_minus
-    b = (gp_plus - gap_plus) + (gp_minus - gap_minus)
-    c = gap_plus + gp_minus - (nominal_common_s if nominal_common_s is not None
-                               else gap_plus + gp_minus)
-    e = (gp_plus - gap_plus) - (gp_minus - gap_minus)
-    scale = 1.0 / (unit_s * lp.replicas)
-    return LayerCells(*((t.sum(dim=2) * scale).contiguous() for t in (a, b, c, e)))
+    scale = 1.0 / (device.unit_s * lp.replicas)
+    terms = [torch.zeros(()) for _ in range(4)]
+    for flat, side in ((plus, 1), (minus, -1)):
+        f = flat.reshape(-1)
+        dgp = device_deviation(gp[:, f].view(shape), device.g_p_s, scale)
+        dgap = device_deviation(gap[:, f].view(shape), device.g_ap_s, scale)
+        terms = [t + u for t, u in zip(terms, pair_terms(torch.tensor(side), dgp, dgap),
+                                       strict=True)]
+    a, b, c, e = (t.sum(dim=2) for t in terms)
+    return LayerCells((a - 1.0).contiguous(), (b + 2.0).contiguous(), c.contiguous(),
+                      e.contiguous())
+
+
+def defect_conductance(kind: torch.Tensor, resistance_ohm: torch.Tensor, device: DeviceModel
+                       ) -> torch.Tensor:
+    """Conductance (siemens) of defective cells: 1/resistance where one > 0 was measured, else
+    the nominal short conductance or 0 (open); stuck cells that of their stuck state."""
+    r = resistance_ohm
+    measured = 1.0 / r.clamp_min(1e-3)
+    return torch.where(
+        kind == CellDefect.SHORT, torch.where(r > 0, measured, device.g_short_s),
+        torch.where(kind == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
+                    torch.where(kind == CellDefect.STUCK_P, device.g_p_s, device.g_ap_s)))
 
 
 def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells:
@@ -703,12 +724,7 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
     n, size = defects.n, defects.rows * defects.cols
     g_p = torch.full((n, size), device.g_p_s)
     g_ap = torch.full((n, size), device.g_ap_s)
-    k, r = defects.kind, defects.resistance_ohm
-    measured = 1.0 / r.clamp_min(1e-3)
-    fixed = torch.where(
-        k == CellDefect.SHORT, torch.where(r > 0, measured, device.g_short_s),
-        torch.where(k == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
-                    torch.where(k == CellDefect.STUCK_P, device.g_p_s, device.g_ap_s)))
+    fixed = defect_conductance(defects.kind, defects.resistance_ohm, device)
     g_p[defects.die, defects.flat] = fixed
     g_ap[defects.die, defects.flat] = fixed
     shape = (n, defects.rows, defects.cols)
@@ -732,6 +748,27 @@ def dies_layers(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells
     if len(layout) != cells.n:
         raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
     return stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
+
+
+def dies_deviations(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells
+                    ) -> list[SparseLayerDeviation] | None:
+    """`ArrayLayout.sparse_deviations` of D dies, with one layout for all or one per die
+    (None when the deviations are too dense for the sparse path)."""
+    if isinstance(layout, ArrayLayout):
+        return layout.sparse_deviations(cells)
+    if len(layout) != cells.n:
+        raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
+    per_die = [lo.sparse_deviations(cells[i]) for i, lo in enumerate(layout)]
+    if any(d is None for d in per_die):
+        return None
+    out = []
+    for k, first in enumerate(per_die[0]):  # type: ignore[index]
+        parts = [d[k] for d in per_die]  # type: ignore[index]
+        out.append(replace(first, n=cells.n, **{
+            name: torch.cat([getattr(p, name) + (i if name == "die" else 0)
+                             for i, p in enumerate(parts)])
+            for name in ("die", "row", "col", "da", "db", "dc", "de")}))
+    return out
 
 
 def stack_layer_cells(per_die: Sequence[Sequence[LayerCells]]) -> list[LayerCells]:

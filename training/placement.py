@@ -77,7 +77,7 @@ def _hidden_pairs(x: torch.Tensor, s1: torch.Tensor, cells: ArrayCells, layout: 
                   rows: np.ndarray, free_pairs: np.ndarray, h_ideal: torch.Tensor) -> np.ndarray:
     """Pair of each hidden neuron: linear assignment on the fraction of flipped activations."""
     cand = LayerPlacement(rows, 2 * free_pairs, 2 * free_pairs + 1)
-    lc = extract_layer(cells, cand, layout.device.unit_s)
+    lc = extract_layer(cells, cand, layout.device)
     a, b = lc.a[0], lc.b[0]  # (n_in, Q)
     za = x @ a  # (N, Q)
     zb = torch.einsum("nr,rj,rq->njq", x, s1, b)  # (N, H, Q)
@@ -155,7 +155,7 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
     new_l1 = LayerPlacement(rows, 2 * hidden_pair, 2 * hidden_pair + 1)
 
     # actual hidden activations on this die with that placement
-    lc1 = extract_layer(cells, new_l1, layout.device.unit_s)
+    lc1 = extract_layer(cells, new_l1, layout.device)
     h = (x @ (lc1.a[0] + s1 * lc1.b[0]) > 0).float()  # (N, H)
 
     # 4. hidden neuron j -> output rows: cost = added misclassifications
@@ -163,7 +163,7 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
     if not config.assign_output_rows:
         return layout.with_layers((new_l1, LayerPlacement(l2.rows, out_plus, out_minus)))
     all_rows = LayerPlacement(np.arange(layout.rows), out_plus, out_minus)
-    lc2 = extract_layer(cells, all_rows, layout.device.unit_s)  # per single row
+    lc2 = extract_layer(cells, all_rows, layout.device)  # per single row
     a2, b2 = lc2.a[0] / rep2, lc2.b[0] / rep2  # (R, n_out): per-row share of one replica
     s2 = (w2 > 0).float()  # (H, n_out)
     nominal = (2 * s2 - 1) / rep2  # each replica row carries 1/rep of the weight

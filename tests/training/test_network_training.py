@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +9,19 @@ import torch
 from tests.training.conftest import random_map
 from training.datasets import BinaryData
 from training.defects import CellDefect, DefectStatistics
-from training.evaluation import error_rates, evaluate_on_dies, software_error
-from training.mapping import ArrayLayout, cells_from_defect_maps, cells_from_kinds
+from training.evaluation import (
+    _deviation_scores,
+    error_rates,
+    evaluate_on_dies,
+    software_error,
+)
+from training.mapping import (
+    ArrayLayout,
+    cells_from_defect_maps,
+    cells_from_kinds,
+    dies_deviations,
+    dies_layers,
+)
 from training.network import BinaryNetwork, NetworkConfig, binarize, step
 from training.placement import place, place_all
 from training.sensitivity import loss_distribution
@@ -72,17 +85,37 @@ def test_hat_batched_recovers(toy_data: BinaryData) -> None:
     assert per_die.mean() < unaware.mean - 5
 
 
-def test_evaluation_sparse_equals_dense(toy_data: BinaryData) -> None:
-    base = train_baseline(toy_data, NC, TrainConfig(epochs=2, batch_size=32), seed=0)
-    cells = LAYOUT.layer_cells(cells_from_defect_maps(_shorted_output_maps(4), LAYOUT.device))
-    xt, yt = toy_data.x_test, toy_data.y_test
-    fast = error_rates(base.weights, xt, yt, NC, cells)
-    dense = error_rates(base.weights, xt, yt, NC, cells, sparse_max_density=0.0)
-    np.testing.assert_allclose(fast, dense)
-    e = evaluate_on_dies(base.weights, xt, yt, LAYOUT,
-                         cells_from_defect_maps(_shorted_output_maps(4), LAYOUT.device), NC, 1.0)
-    assert e.per_die.shape == (4,) and e.min <= e.median <= e.max
-    assert e.gap_pp == pytest.approx(e.mean - 1.0)
+@pytest.mark.parametrize("readout", ["diff", "common_mode"])
+def test_evaluation_sparse_path_equals_dense_forward(readout: str) -> None:
+    """The sparse evaluation path gives bit-identical class scores to the network's dense
+    forward pass, for one layout and for one layout per die, on dense random defects."""
+    nc = NetworkConfig(sizes=(16, 6, 3), output_copies=2, readout=readout)
+    lay = ArrayLayout.default((16, 6, 3), rows=20, cols=40, output_copies=2, readout=readout)
+    g = torch.Generator().manual_seed(0)
+    maps = [random_map(rows=20, cols=40, rate=0.04, seed=s) for s in range(5)]
+    for m in maps[:2]:
+        m.kinds[:5, 3] = CellDefect.SHORT  # hidden neuron 1's plus column
+        m.kinds[2, 26:30] = CellDefect.OPEN  # output pairs
+    cells = cells_from_defect_maps(maps, lay.device)
+    x = (torch.rand(300, 16, generator=g) > 0.5).float()
+    y = torch.randint(0, 3, (300,), generator=g)
+    w = [torch.where(torch.rand(16, 6, generator=g) > 0.5, 1.0, -1.0),
+         torch.where(torch.rand(6, 6, generator=g) > 0.5, 1.0, -1.0)]
+    shifted = lay.with_layers([replace(lay.layers[0], plus_cols=lay.layers[0].plus_cols + 1,
+                                       minus_cols=lay.layers[0].minus_cols - 1),
+                               lay.layers[1]])
+    for layout in (lay, [lay, shifted, lay, shifted, lay]):
+        devs = dies_deviations(layout, cells)
+        assert devs is not None
+        fast = _deviation_scores(w, x, devs, nc)
+        dense = BinaryNetwork(nc)
+        dense.load_binary(w)
+        want = dense(x, dies_layers(layout, cells))
+        assert torch.equal(fast, want)
+        e = evaluate_on_dies(w, x, y, layout, cells, nc, 1.0)
+        np.testing.assert_array_equal(
+            e.per_die, 100.0 * (want.argmax(-1) != y).sum(-1).double().numpy() / 300)
+        assert e.min <= e.median <= e.max and e.gap_pp == pytest.approx(e.mean - 1.0)
 
 
 def test_sat_and_sensitivity(toy_data: BinaryData) -> None:
