@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
@@ -33,6 +33,9 @@ from pydantic import (
 from drivers.prober import DieIndex
 
 from .config import StationConfig
+
+if TYPE_CHECKING:
+    from training.mapping import ArrayLayout
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +163,17 @@ class InferJob(_Job):
     inputs: NpyArray = Field(description="(n, n_in) of 0/1, as base64 .npy")
     sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (100, 90, 10), min_length=2, max_length=8, description="network layer sizes")
+    output_copies: int = Field(1, ge=1, le=64, description="copies of each output neuron")
+    readout: Literal["diff", "common_mode"] = Field("diff", description="pair read-out")
+
+    def layout(self, rows: int, cols: int) -> ArrayLayout:
+        """`ArrayLayout.default` of this network on a rows x cols array (same defaults;
+        ValueError if it does not fit). The experiment's network is sizes (100, 70, 10),
+        output_copies 3, readout "common_mode"."""
+        from training.mapping import ArrayLayout
+
+        return ArrayLayout.default(self.sizes, rows, cols, self.output_copies,
+                                   readout=self.readout)
 
 
 class TrainJob(_Job):
@@ -234,11 +248,9 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
 
 
 def _check_inputs(job: InferJob, info: StationInfo) -> None:
-    from training.mapping import ArrayLayout
-
     x = job.inputs
     try:
-        layout = ArrayLayout.default(job.sizes, rows=info.shape[0], cols=info.shape[1])
+        layout = job.layout(*info.shape)
     except ValueError as err:
         raise RejectedJobError(str(err)) from None
     if x.ndim != 2 or x.shape[1] != layout.sizes[0] or not 1 <= x.shape[0] <= MAX_INFER_BATCH:
@@ -330,10 +342,8 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
 
 
 def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
-    from training.mapping import ArrayLayout
-
     st = ctx.station
-    layout = ArrayLayout.default(job.sizes, rows=st.tester.shape[0], cols=st.tester.shape[1])
+    layout = job.layout(*st.tester.shape)
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:

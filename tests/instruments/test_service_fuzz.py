@@ -19,6 +19,7 @@ from .service_support import live
 
 KINDS = ["sweep", "measure", "program", "infer", "train", "evaluate"]
 FIELDS = ["die", "targets", "inputs", "pulse_v", "pulse_width_s", "max_write_pulses", "sizes",
+          "output_copies", "readout",
           "method", "seed", "data_dir", "resume_run", "kind", ""]
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -78,6 +78,10 @@ def test_program_then_infer(c: Client) -> None:
     assert arrays["predictions"].shape == (32,)
     assert set(np.unique(arrays["predictions"])) <= set(range(10))
     assert arrays["currents_0"].shape == (32, 200) and arrays["currents_1"].shape == (32, 200)
+    # the experiment's network: 3 output copies, common-mode read-out
+    job, arrays = c.run("infer", die=(1, 1), inputs=x, sizes=[100, 70, 10], output_copies=3,
+                        readout="common_mode", timeout_s=30)
+    assert arrays["predictions"].shape == (32,) and job["summary"]["n"] == 32
 
 
 @pytest.mark.parametrize(("body", "needle"), [
@@ -95,6 +99,8 @@ def test_program_then_infer(c: Client) -> None:
      "binary"),
     ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 7), np.uint8))},
      "(n, 100)"),
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
+      "output_copies": 3}, "needs 100 rows x 240 columns"),
     ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
     ({"kind": "teleport"}, "kind"),
 ])

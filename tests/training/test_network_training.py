@@ -49,7 +49,20 @@ def test_ideal_forward_is_crossbar_physics() -> None:
     want = ((x @ w1) > 0).float() @ w2
     torch.testing.assert_close(net(x)[0], want)
     cells = LAYOUT.layer_cells(cells_from_kinds(np.zeros((20, 40), np.int8), LAYOUT.device))
-    torch.testing.assert_close(net(x, cells)[0], want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(net(x, cells)[0], want)  # exact: an output of exactly 0 reads as off
+
+
+def test_training_noise_is_per_sample_and_shared_by_replicas() -> None:
+    one_layer = NetworkConfig(sizes=(16, 3))  # the replicas share their (only) layer's input
+    net = BinaryNetwork(one_layer, replicas=3, seed=1)
+    net.load_binary([w[0] for w in BinaryNetwork(one_layer, seed=2).binary_weights()])
+    x = torch.ones(8, 16)
+    g = torch.Generator().manual_seed(0)
+    a, b = net(x, noise_std=1.0, generator=g), net(x, noise_std=1.0, generator=g)
+    assert a.shape == (3, 8, 3)
+    assert torch.equal(a[0], a[1]) and torch.equal(a[0], a[2])  # one draw for all dies
+    assert not torch.equal(a[0, 0], a[0, 1])  # per sample
+    assert not torch.equal(a, b)  # fresh noise at every call
 
 
 def test_baseline_learns_and_is_seeded(toy_data: BinaryData) -> None:
