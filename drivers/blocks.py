@@ -7,6 +7,8 @@ little-endian (docs/scpi.md).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
@@ -26,11 +28,9 @@ def encode_block(payload: bytes | bytearray | memoryview, prefix: bytes = b"",
     single copy: a die's worth of data is 20 kB or more.
     """
     view = memoryview(payload)
-    view = view.cast("B") if view.c_contiguous else memoryview(bytes(view))
-    length = str(view.nbytes)
-    if len(length) > _MAX_DIGITS:
-        raise BlockError(f"payload of {view.nbytes} bytes does not fit a definite-length block")
-    return b"".join((prefix, b"#", str(len(length)).encode(), length.encode(), view, suffix))
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return _framed(view, view.nbytes, prefix, suffix)
 
 
 def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes = b"",
@@ -38,9 +38,17 @@ def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes
     """Encode an array row-major as a block of little-endian `dtype` (default: its own dtype),
     between `prefix` and `suffix`."""
     arr = np.asarray(array)
-    target = _little_endian(arr.dtype if dtype is None else dtype)
-    return encode_block(np.ascontiguousarray(arr, dtype=target).reshape(-1).data, prefix,
-                        suffix)
+    arr = np.ascontiguousarray(arr, dtype=_little_endian(arr.dtype if dtype is None else dtype))
+    return _framed(arr, arr.nbytes, prefix, suffix)
+
+
+def _framed(payload: memoryview | np.ndarray, nbytes: int, prefix: bytes, suffix: bytes
+            ) -> bytes:
+    """``<prefix>#<n><len><payload><suffix>`` in one copy; `payload` is C-contiguous."""
+    length = b"%d" % nbytes
+    if len(length) > _MAX_DIGITS:
+        raise BlockError(f"payload of {nbytes} bytes does not fit a definite-length block")
+    return b"".join((prefix, b"#%d" % len(length), length, payload, suffix))
 
 
 def block_extent(data: bytes | bytearray | memoryview) -> int | None:
@@ -92,6 +100,15 @@ def decode_block(
 
 def _little_endian(dtype: DTypeLike) -> np.dtype:
     """`dtype` as stored in a block: always little-endian (docs/scpi.md)."""
+    try:
+        return _little_endian_cached(dtype)
+    except TypeError:  # unhashable (e.g. a list of fields), or not a dtype at all
+        return np.dtype(dtype).newbyteorder("<")
+
+
+@functools.lru_cache(maxsize=64)
+def _little_endian_cached(dtype: DTypeLike) -> np.dtype:
+    """`_little_endian` memoised: every block transfer names its dtype again."""
     return np.dtype(dtype).newbyteorder("<")
 
 

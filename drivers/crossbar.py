@@ -33,6 +33,11 @@ Guard = Callable[[str, float], None]
 #: Cell states of docs/scpi.md; KEEP only in PROG:ARR targets.
 P, AP, KEEP = 0, 1, 2
 
+#: How the safety guard treats one header: (it resets the instrument, the bias settings the
+#: operation applies, the bias setting it changes or None).
+_Rule = tuple[bool, tuple[str, ...], str | None]
+_MAX_RULES = 256
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     rows, cols = parse_ints(text)
@@ -41,22 +46,57 @@ def _parse_size(text: str) -> tuple[int, int]:
     return rows, cols
 
 
-def _check_integer_array(name: str, array: ArrayLike, shape: tuple[int, ...],
-                         allowed: tuple[int, ...]) -> np.ndarray:
-    """`array` as uint8 after checking its shape and that every value is in `allowed`."""
-    arr = np.asarray(array)
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    if arr.dtype.kind not in "biu":
-        raise ValueError(f"{name} must be an integer or bool array, got dtype {arr.dtype}")
-    contiguous = tuple(allowed) == tuple(range(min(allowed), max(allowed) + 1))
-    in_range_fast = contiguous and (
-        arr.dtype.kind == "b"
-        or ((arr.dtype.kind == "u" or arr.min() >= min(allowed)) and arr.max() <= max(allowed)))
-    if arr.size and not in_range_fast and not np.isin(arr, allowed).all():
-        bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
-        raise ValueError(f"{name} values must be in {allowed}, got {bad}")
-    return arr.astype(np.uint8, copy=False)
+class _Codes:
+    """The integer codes an array may hold (cell states, input bits).
+
+    Whether the codes form a gapless range is worked out once here, so checking a whole array
+    is a pass for its maximum (and its minimum if signed; none if bool), not a set lookup.
+    """
+
+    def __init__(self, *allowed: int) -> None:
+        self.allowed = allowed
+        self.low, self.high = min(allowed), max(allowed)
+        self.contiguous = set(allowed) == set(range(self.low, self.high + 1))
+
+    def check(self, name: str, array: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
+        """`array` as uint8 after checking its shape and that every value is allowed."""
+        arr = np.asarray(array)
+        if arr.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+        kind = arr.dtype.kind
+        if kind not in "biu":
+            raise ValueError(f"{name} must be an integer or bool array, got dtype {arr.dtype}")
+        if arr.size and not self._in_range(arr, kind) and not np.isin(arr, self.allowed).all():
+            bad = np.unique(arr[~np.isin(arr, self.allowed)])[:5].tolist()
+            raise ValueError(f"{name} values must be in {self.allowed}, got {bad}")
+        return arr if arr.dtype is _UINT8 else arr.astype(np.uint8, copy=False)
+
+    def _in_range(self, arr: np.ndarray, kind: str) -> bool:
+        """True if the codes have no gaps and every value of non-empty `arr` is in [low, high];
+        False leaves the decision to the exact (slower) set test.
+
+        The extremes are found with argmin/argmax, which skip the ufunc reduction set-up that
+        makes min()/max() cost several times more per call on a die-sized array.
+        """
+        if not self.contiguous:
+            return False
+        if kind == "b":
+            return self.low <= 0 and self.high >= 1
+        if not (kind == "u" and self.low <= 0) and arr.item(arr.argmin()) < self.low:
+            return False
+        return arr.item(arr.argmax()) <= self.high
+
+
+_UINT8 = np.dtype(np.uint8)
+_TARGETS = _Codes(P, AP, KEEP)
+_INPUTS = _Codes(0, 1)
+
+
+def check_targets(targets: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
+    """PROG:ARR targets as uint8 after checking shape, integer dtype and values (P, AP or
+    KEEP): what `CrossbarTester.program_array` accepts, for callers that check before they
+    start (write-verify)."""
+    return _TARGETS.check("targets", targets, shape)
 
 
 class CrossbarTester(SCPIInstrument):
@@ -102,20 +142,31 @@ class CrossbarTester(SCPIInstrument):
         super().__init__(resource, name, check_errors=check_errors)
         self.guard = guard
         self._bias: dict[str, float] = {}  # last value known to be set on the instrument
+        self._rules: dict[str, _Rule] = {}
         self.rows, self.cols = self.array_size
 
     # -- safety guard: every message passes here, whoever composed it ---------------------------
 
+    def _rule(self, header: str) -> _Rule:
+        """What policing `header` involves, worked out once per header (a bulk command is sent
+        again and again; the cache is bounded in case of free-form headers)."""
+        rule = self._rules.get(header)
+        if rule is None:
+            applied = tuple(name for prefix, settings in self.BIAS_OPERATIONS.items()
+                            if header.startswith(prefix) for name in settings)
+            rule = (header == "*RST", applied, self.BIAS_SETTINGS.get(header))
+            if len(self._rules) < _MAX_RULES:
+                self._rules[header] = rule
+        return rule
+
     def _police(self, command: str) -> str | None:
         """Guard a message before it is sent; returns the bias setting it changes, if any."""
         header, _, arg = command.strip().partition(" ")
-        header = header.upper()
-        if header == "*RST":
+        resets, applied, setting = self._rule(header.upper())
+        if resets:
             self._bias.clear()
-        for prefix, settings in self.BIAS_OPERATIONS.items():
-            if header.startswith(prefix):
-                self._check_bias(settings)
-        setting = self.BIAS_SETTINGS.get(header)
+        if applied:
+            self._check_bias(applied)
         if setting is not None and self.guard is not None:
             try:
                 value = float(arg)
@@ -175,7 +226,7 @@ class CrossbarTester(SCPIInstrument):
         (write-verify), whose check names this command if the instrument refused it, so the
         bulk write costs one round trip instead of two. Pass check=True to check at once.
         """
-        arr = _check_integer_array("targets", targets, self.shape, (P, AP, KEEP))
+        arr = check_targets(targets, (self.rows, self.cols))
         self.write_block("PROG:ARR", arr, np.uint8, check=check)
 
     def infer(self, inputs: ArrayLike) -> np.ndarray:
@@ -183,7 +234,7 @@ class CrossbarTester(SCPIInstrument):
         arr = np.asarray(inputs)
         if arr.ndim != 2 or arr.shape[1] != self.rows or arr.shape[0] < 1:
             raise ValueError(f"inputs must have shape (n >= 1, {self.rows}), got {arr.shape}")
-        arr = _check_integer_array("inputs", arr, arr.shape, (0, 1))
+        arr = _INPUTS.check("inputs", arr, arr.shape)
         n = arr.shape[0]
         currents = self.query_block(
             "INF:CURR?", np.float32, n * self.cols, data=arr, data_dtype=np.uint8

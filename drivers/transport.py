@@ -82,9 +82,10 @@ class Transport:
         if hasattr(resource, "chunk_size"):
             resource.chunk_size = max(int(resource.chunk_size), CHUNK_SIZE)
 
-    def _io(self, command: str, action: Callable[[], R]) -> R:
+    def _io(self, command: str, action: Callable[..., R], *args: Any) -> R:
+        """`action(*args)` with VISA and socket failures mapped to driver exceptions."""
         try:
-            return action()
+            return action(*args)
         except (visa_errors.Error, OSError) as exc:
             raise map_io_error(self.name, command, exc) from exc
 
@@ -92,7 +93,7 @@ class Transport:
         """Send one message (`payload` + terminator, unless `terminated`: it already ends
         with it); `command` names it in errors."""
         message = payload if terminated else payload + TERMINATION
-        self._io(command, lambda: self.resource.write_raw(message))
+        self._io(command, self.resource.write_raw, message)
 
     def read(self, command: str) -> bytes:
         """One reply as raw bytes, terminator included if the device sent it."""
@@ -122,12 +123,12 @@ class Transport:
         if previous is None:
             yield
             return
-        self._io("<set read_termination>", lambda: setattr(self.resource, "read_termination", None))
+        self._io("<set read_termination>", setattr, self.resource, "read_termination", None)
         try:
             yield
         finally:
-            self._io("<set read_termination>",
-                     lambda: setattr(self.resource, "read_termination", previous))
+            self._io("<set read_termination>", setattr, self.resource, "read_termination",
+                     previous)
 
     @property
     def timeout_s(self) -> float | None:

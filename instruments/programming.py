@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.crossbar import check_targets
+
 from .config import MeasurementConfig
 from .station import Station, is_transient
 
@@ -43,19 +45,6 @@ def states_from_resistance(r_ohm: np.ndarray, m: MeasurementConfig) -> np.ndarra
     return (r_ohm > m.p_ap_threshold_ohm).astype(np.uint8)
 
 
-def _checked_targets(targets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`targets` as uint8 after checking shape, integer dtype and values (0, 1 or 2)."""
-    arr = np.asarray(targets)
-    if arr.shape != shape:
-        raise ValueError(f"targets must have shape {shape}, got {arr.shape}")
-    if arr.dtype.kind not in "biu":
-        raise ValueError(f"targets must be an integer or bool array, got dtype {arr.dtype}")
-    if arr.size and (int(arr.min()) < P or int(arr.max()) > SKIP):
-        raise ValueError(f"targets values must be in (0, 1, 2), got {int(arr.min())} to "
-                         f"{int(arr.max())}")
-    return arr.astype(np.uint8)
-
-
 def program_verified(station: Station, targets: np.ndarray,
                      give_up: np.ndarray | None = None) -> ProgramResult:
     """Program `targets` (0 P, 1 AP, 2 leave) with write-verify.
@@ -65,7 +54,7 @@ def program_verified(station: Station, targets: np.ndarray,
     """
     m = station.config.measurement
     limit = station.config.safety.max_pulse_v
-    targets = _checked_targets(targets, station.tester.shape)  # before anything is sent
+    targets = check_targets(targets, station.tester.shape)  # before anything is sent
     if give_up is not None and np.shape(give_up) != targets.shape:
         raise ValueError(f"give_up must have shape {targets.shape}, got {np.shape(give_up)}")
     addressed = targets != SKIP

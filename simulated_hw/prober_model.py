@@ -26,17 +26,21 @@ class ProberModel:
     wafer_map: list[tuple[int, int]] = field(default_factory=list)
     position: int | None = None  # index into wafer_map
     in_contact: bool = False
+    _die_numbers: list[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.wafer_map:
             self.wafer_map = [self.wafer.die_position(i) for i in range(self.wafer.n_dies)]
+        # The die number of each map position (the map is fixed once made), looked up once:
+        # every array command of the tester asks which die is in contact.
+        self._die_numbers = [self.wafer.die_index(col, row) for col, row in self.wafer_map]
 
     @property
     def contact_die(self) -> int | None:
         """Die number under the probes, or None when separated."""
         if not self.in_contact or self.position is None:
             return None
-        return self.wafer.die_index(*self.wafer_map[self.position])
+        return self._die_numbers[self.position]
 
     def handle(self, command: str) -> str | None:
         """Reply to one Velox command, or None if the command is not a stepping command."""

@@ -297,7 +297,7 @@ def _sent(station: Station) -> tuple[int, int]:
     (lambda s: program_verified(s, np.zeros((20, 10), np.uint8)), ValueError,
      "targets must have shape (10, 20), got (20, 10)"),
     (lambda s: program_verified(s, np.full((10, 20), -1)), ValueError,
-     "targets values must be in (0, 1, 2), got -1 to -1"),
+     "targets values must be in (0, 1, 2), got [-1]"),
     (lambda s: s.tester.infer(np.zeros((2, 5), np.uint8)), ValueError,
      "inputs must have shape (n >= 1, 10), got (2, 5)"),
 ])
