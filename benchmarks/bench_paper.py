@@ -72,7 +72,7 @@ def best_time(fn: Callable[[], object], repeat: int = 5) -> float:
 
 
 def epoch_ratio(slow: Callable[[], list[float]], fast: Callable[[], list[float]],
-                repeat: int = 3) -> tuple[float, float, float]:
+                repeat: int = 7) -> tuple[float, float, float]:
     """Min epoch time of two trainers, run alternately (back to back); (ratio, slow, fast)."""
     s, f = float("inf"), float("inf")
     for _ in range(repeat):
