@@ -149,9 +149,9 @@ class BinaryNetwork(nn.Module):
         x: (B, n_in) or (G, b, n_in) in {0, 1}; cells: per layer (a, b) with a leading dim of 1,
         G (one conductance set per group of x) or replicas, or None for an ideal array.
         noise_std: Gaussian noise per weight unit and sqrt(active input), mimicking device
-        variation during training; drawn per sample and neuron, and shared by the replicas
-        (dies) that see the same input sample (each replica trains on its own weights, so it
-        still sees independent noise at every step). Returns (K, B, n_classes) with K the
+        variation during training; drawn per data sample and neuron and shared by the
+        replicas (dies), which all see the same samples (each replica trains its own weights,
+        so it still sees independent noise at every step). Returns (K, B, n_classes) with K the
         broadcast of replicas and cell sets (or (G, b, n_classes)).
         """
         h = x
@@ -162,9 +162,9 @@ class BinaryNetwork(nn.Module):
             s = binarize(w)
             z = torch.matmul(h, 2.0 * s - 1.0) if cells is None else cells[i].differential(h, s)
             active = h.sum(dim=-1, keepdim=True)
-            if noise_std > 0:  # one draw per input sample, shared by replicas that see it
+            if noise_std > 0:  # one draw per data sample, shared by the replicas
                 z = z + noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
-                    (*h.shape[:-1], z.shape[-1]), generator=generator)
+                    (*x.shape[:-1], z.shape[-1]), generator=generator)
             if common:
                 z, reliable = self._read_out(z, h, s, cells[i], active)
             if i < n_layers - 1:

@@ -53,9 +53,8 @@ def test_ideal_forward_is_crossbar_physics() -> None:
 
 
 def test_training_noise_is_per_sample_and_shared_by_replicas() -> None:
-    one_layer = NetworkConfig(sizes=(16, 3))  # the replicas share their (only) layer's input
-    net = BinaryNetwork(one_layer, replicas=3, seed=1)
-    net.load_binary([w[0] for w in BinaryNetwork(one_layer, seed=2).binary_weights()])
+    net = BinaryNetwork(NC, replicas=3, seed=1)
+    net.load_binary([w[0] for w in BinaryNetwork(NC, seed=2).binary_weights()])
     x = torch.ones(8, 16)
     g = torch.Generator().manual_seed(0)
     a, b = net(x, noise_std=1.0, generator=g), net(x, noise_std=1.0, generator=g)
