@@ -6,8 +6,8 @@ margin on the true class. They differ only in the conductances of the forward pa
 - baseline: an ideal array;
 - HAT: fixed conductances of D dies (defects as overrides), D weight sets trained at once;
 - SAT: for every mini-batch, fresh random maps drawn from `DefectStatistics`; the batch is split
-  into `maps_per_batch` groups, each seeing its own map, so an SAT step costs about as much as a
-  baseline step.
+  into `maps_per_batch` groups, each seeing its own map, so an SAT step does a baseline step's
+  products plus the read-out's checks (not a forward pass per map).
 """
 
 from __future__ import annotations
