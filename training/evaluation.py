@@ -121,7 +121,8 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     h1 = z1 > 0
     c_phys = wt2.shape[1]
     scores = (h1.T.float() @ wt2).expand(n_dies, -1, -1).contiguous()  # (D, N, C_phys)
-    active = h1.sum(dim=0).float().expand(n_dies, -1).contiguous()  # (D, N) layer-2 inputs on
+    # layer-2 inputs that are on, per die and sample (the read-out's n)
+    active = h1.sum(dim=0).float().expand(n_dies, -1).contiguous()  # (D, N)
     # layer 1: neurons (die, j) with defects, recomputed from the ideal plus a sparse product
     keys, inv = torch.unique(d1.die * hid + d1.col, return_inverse=True)  # sorted
     h_aff = None
@@ -131,9 +132,9 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
         z = _sparse_product(inv, d1.row, d1.da + s_at * d1.db, keys.numel(), xt)
         z.add_(z1.index_select(0, jj))
         if common:
-            flag, sub, w = _may_flag(inv, d1.dc + s_at * d1.de, keys.numel(), tol)
-            excess = _sparse_product(sub, d1.row[w], (d1.dc + s_at * d1.de)[w], flag.numel(),
-                                     xt)
+            terms = d1.dc + s_at * d1.de
+            flag, sub, w = _may_flag(inv, terms, keys.numel(), tol)
+            excess = _sparse_product(sub, d1.row[w], terms[w], flag.numel(), xt)
             z[flag] = common_mode_readout(z[flag], excess, x.sum(dim=1)[None, :], tol)[0]
         h_aff = z > 0  # (U, N)
         fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
@@ -160,9 +161,9 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
         die2, col2 = keys2 // c_phys, keys2 % c_phys
         out = scores[die2, :, col2] + extra  # (U2, N)
         if common:
-            flag, sub, w = _may_flag(inv2, d2.dc + s_at * d2.de, keys2.numel(), tol)
-            excess = torch.zeros(flag.numel(), n).index_add_(
-                0, sub, src[w] * (d2.dc + s_at * d2.de)[w][:, None])
+            terms = d2.dc + s_at * d2.de
+            flag, sub, w = _may_flag(inv2, terms, keys2.numel(), tol)
+            excess = torch.zeros(flag.numel(), n).index_add_(0, sub, src[w] * terms[w][:, None])
             out[flag], ok = common_mode_readout(out[flag], excess, active[die2[flag]], tol)
             assert reliable is not None
             reliable[die2[flag], :, col2[flag]] = ok
