@@ -104,10 +104,12 @@ def read_store(store: Path) -> StoreContent:
         run_id = runs[-1][0]
         done = rs.dies_done(run_id)
         content = StoreContent(runs, done)
-        for die in sorted(set(done)):
-            content.kinds[die] = rs.array(run_id, die, "kinds")
+        finished = set(done)
         for die, name in rs.array_names(run_id):
-            content.arrays[(die, name)] = rs.array(run_id, die, name).tobytes()
+            array = rs.array(run_id, die, name)
+            content.arrays[(die, name)] = array.tobytes()
+            if name == "kinds" and die in finished:
+                content.kinds[die] = array
         for die, name, text in rs.db.execute(
                 "SELECT die, name, json FROM records WHERE run_id=?", (run_id,)):
             content.records[(die, name)] = text
@@ -203,8 +205,9 @@ def crash_run(workdir: Path, kills: int = 10, seed: int = 0, wafer_seed: int = 0
     _, ref_err = reference.communicate(timeout=timeout_s)
     if reference.returncode != 0:
         raise RuntimeError(f"reference run failed ({reference.returncode}): {ref_err.strip()}")
-    comparison = compare(read_store(ref_store), read_store(store))
-    return CrashReport(done_kills, attempts, comparison, len(set(read_store(store).done)),
+    got = read_store(store)
+    comparison = compare(read_store(ref_store), got)
+    return CrashReport(done_kills, attempts, comparison, len(set(got.done)),
                        time.monotonic() - t0, log)
 
 

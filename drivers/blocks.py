@@ -7,8 +7,6 @@ little-endian (docs/scpi.md).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
@@ -20,17 +18,12 @@ _MAX_DIGITS = 9
 _DIGITS = frozenset(b"0123456789")
 
 
-def encode_block(payload: bytes | bytearray | memoryview, prefix: bytes = b"",
-                 suffix: bytes = b"") -> bytes:
-    """Wrap `payload` in a definite-length block header (no message terminator).
-
-    prefix / suffix (e.g. the command header and the terminator) are joined in the same
-    single copy: a die's worth of data is 20 kB or more.
-    """
+def encode_block(payload: bytes | bytearray | memoryview) -> bytes:
+    """Wrap `payload` in a definite-length block header (no message terminator)."""
     view = memoryview(payload)
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
-    return _framed(view, view.nbytes, prefix, suffix)
+    return _framed(view, view.nbytes, b"", b"")
 
 
 def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes = b"",
@@ -100,15 +93,6 @@ def decode_block(
 
 def _little_endian(dtype: DTypeLike) -> np.dtype:
     """`dtype` as stored in a block: always little-endian (docs/scpi.md)."""
-    try:
-        return _little_endian_cached(dtype)
-    except TypeError:  # unhashable (e.g. a list of fields), or not a dtype at all
-        return np.dtype(dtype).newbyteorder("<")
-
-
-@functools.lru_cache(maxsize=64)
-def _little_endian_cached(dtype: DTypeLike) -> np.dtype:
-    """`_little_endian` memoised: every block transfer names its dtype again."""
     return np.dtype(dtype).newbyteorder("<")
 
 

@@ -39,7 +39,8 @@ _Rule = tuple[bool, tuple[str, ...], str | None]
 _MAX_RULES = 256
 
 
-def _parse_size(text: str) -> tuple[int, int]:
+def parse_array_size(text: str) -> tuple[int, int]:
+    """(rows, cols) from an ``ARR:SIZE?`` reply 'rows,cols' (ValueError if malformed)."""
     rows, cols = parse_ints(text)
     if rows <= 0 or cols <= 0:
         raise ValueError("array size must be positive")
@@ -120,7 +121,7 @@ class CrossbarTester(SCPIInstrument):
     output_enabled = control(
         "OUTP?", "OUTP {}", "source output on", validator=boolean, cast=parse_bool,
         encode=on_off)
-    array_size = measurement("ARR:SIZE?", "array (rows, cols)", cast=_parse_size, cached=True)
+    array_size = measurement("ARR:SIZE?", "array (rows, cols)", cast=parse_array_size, cached=True)
     in_contact = measurement("CONT?", "a die is in contact", cast=parse_bool)
 
     #: Settings whose values bias the devices, and the operations that apply each of them.
@@ -226,7 +227,7 @@ class CrossbarTester(SCPIInstrument):
         (write-verify), whose check names this command if the instrument refused it, so the
         bulk write costs one round trip instead of two. Pass check=True to check at once.
         """
-        arr = check_targets(targets, (self.rows, self.cols))
+        arr = check_targets(targets, self.shape)
         self.write_block("PROG:ARR", arr, np.uint8, check=check)
 
     def infer(self, inputs: ArrayLike) -> np.ndarray:

@@ -71,7 +71,6 @@ class Prober(Closes, ABC):
         """Release the connection."""
 
 
-
 # -- Velox dialect ----------------------------------------------------------------------------
 
 OK = 0

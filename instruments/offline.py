@@ -40,7 +40,7 @@ from . import __version__
 from .loop import MeasuredWafer, load_measurements, summarize
 from .progress import EpochBars, say
 from .report import table, write_report
-from .store import RunStore, StoreError
+from .store import RUN_LEVEL, RunStore, StoreError
 
 TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
 TRAIN_METHODS = ("baseline", "hat", "sat")
@@ -48,7 +48,7 @@ TRAIN_METHODS = ("baseline", "hat", "sat")
 EVALUATED_AS = {"baseline": ("unaware", "unaware_cm"), "hat": ("hat",), "sat": ("sat", "placed")}
 #: evaluated methods that use their training run's per-die layouts (the others: the fixed one)
 PER_DIE_LAYOUTS = ("hat", "placed")
-WHOLE_RUN = "-"  # die key of per-run arrays and records
+WHOLE_RUN = RUN_LEVEL  # die key of per-run arrays and records (the store's)
 
 
 def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,

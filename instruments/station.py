@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pyvisa
 
 import simulated_hw
-from drivers.crossbar import CrossbarTester
+from drivers.crossbar import CrossbarTester, parse_array_size
 from drivers.errors import (
     BlockError,
     CommunicationError,
@@ -72,7 +72,7 @@ class Station:
         self._pulse_v = config.measurement.pulse_v  # write amplitude to restore on reconnect
         self._shape: tuple[int, int] | None = None
         self.identities: dict[str, str] = {}
-        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
+        attempts = self._session_attempts
         for attempt in range(attempts):
             try:
                 self._connect()
@@ -131,7 +131,7 @@ class Station:
             # The size is read once and cached by the driver: a garbled reply must not stick.
             again = self.tester.query("ARR:SIZE?")
             try:
-                shape = tuple(int(x) for x in again.split(","))
+                shape = parse_array_size(again)
             except ValueError:
                 raise ReplyError(self.tester.name, "ARR:SIZE?", again, "not 'rows,cols'") from None
         except Exception:
@@ -198,6 +198,11 @@ class Station:
                 log.info("reconnect step failed (%s); repeating it", err)
         raise AssertionError("unreachable")
 
+    @property
+    def _session_attempts(self) -> int:
+        """Attempts at (re-)establishing the session in one recovery."""
+        return self.config.retry.max_attempts * RECONNECT_FACTOR
+
     def retry(self, what: str, op: Callable[[], T]) -> T:
         """Run an idempotent operation, reconnecting between bounded attempts."""
         attempts = self.config.retry.max_attempts
@@ -219,7 +224,7 @@ class Station:
     def recover(self, what: str) -> None:
         """Reconnect after a transient fault, with bounded attempts; StationError if none
         succeeds. Non-transient errors (e.g. a changed identity) propagate at once."""
-        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
+        attempts = self._session_attempts
         for attempt in range(attempts):
             try:
                 self.reconnect()
@@ -267,7 +272,7 @@ class Station:
         """
         controls = self.tester.controls()
         previous: dict[str, Any] | None = None
-        for _ in range(self.config.retry.max_attempts * RECONNECT_FACTOR):
+        for _ in range(self._session_attempts):
             values = {name: self.retry(f"read {name}",
                                        lambda name=name: getattr(self.tester, name))
                       for name in controls}
@@ -319,7 +324,7 @@ class Station:
     def safe_state(self) -> None:
         """Best effort, never raising: output off and chuck separated, reopening the sessions
         (without re-contacting any die) as often as recovery would."""
-        attempts = self.config.retry.max_attempts * RECONNECT_FACTOR
+        attempts = self._session_attempts
         for action in (lambda: setattr(self.tester, "output_enabled", False),
                        lambda: self.prober.separate()):
             for attempt in range(attempts):

@@ -97,6 +97,10 @@ class TesterModel:
             raise ScpiError("output_off")
         return die
 
+    def _averages(self) -> int:
+        """Readings averaged per measurement (SENS:AVER:COUN)."""
+        return int(self.setting("averages"))
+
     def _cell(self, row: int, col: int) -> tuple[int, int]:
         rows, cols = self.shape
         if not (0 <= row < rows and 0 <= col < cols):
@@ -106,8 +110,7 @@ class TesterModel:
     def _uint8_block(self, args: bytes, allowed_max: int, row_length: int) -> np.ndarray:
         """The block in `args` as read-only uint8 rows of `row_length` (a view of `args`, not a
         copy), every value at most `allowed_max`."""
-        if args[:1] == b" " or args[-1:] == b" ":
-            args = bytes(args).strip(b" ")
+        args = args.strip(b" ")  # the same object when there is nothing to strip
         offset, length = block_span(args)
         if length % row_length:
             raise ScpiError("block_error", f"{length} bytes are not rows of {row_length}")
@@ -128,14 +131,14 @@ class TesterModel:
     def _measure_array(self, args: bytes) -> bytes:
         die = self._die()
         r = self.wafer.read(die, self.setting("read_voltage_v"),
-                            averages=int(self.setting("averages")))
+                            averages=self._averages())
         return encode_block(r.astype("<f4").tobytes())
 
     def _measure_cell(self, args: bytes) -> bytes:
         row, col = self._cell(*parse_ints(args, 2))
         die = self._die()
         r = self.wafer.read(die, self.setting("read_voltage_v"), np.s_[row, col],
-                            averages=int(self.setting("averages")))
+                            averages=self._averages())
         return f"{float(r):.6e}".encode()
 
     def _program_array(self, args: bytes) -> bytes:
@@ -167,7 +170,7 @@ class TesterModel:
         die = self._die()
         currents = self.wafer.column_currents(
             die, inputs, self.setting("read_voltage_v"),
-            self.setting("compliance_a"), averages=int(self.setting("averages")))
+            self.setting("compliance_a"), averages=self._averages())
         return encode_block(currents.astype("<f4").tobytes())
 
     _NO_ARGUMENTS: ClassVar[frozenset[str]] = frozenset({"ARR:SIZE?", "CONT?", "MEAS:ARR?"})

@@ -108,8 +108,7 @@ class ModelDevice(Device):
 
     # ---- command dispatch ----------------------------------------------------------------
     def _respond(self, message: bytes) -> Any:
-        if message[:1].isspace() or message[-1:].isspace():
-            message = message.strip()
+        message = message.strip()  # the same object when there is nothing to strip
         header, _, args = message.partition(b" ")
         is_query = header.endswith(b"?")
         if self.scpi and not header.isupper():  # SCPI headers are case-insensitive

@@ -128,26 +128,20 @@ def cells_from_kinds(kinds: torch.Tensor | np.ndarray, device: DeviceModel,
     shape = k.shape
     gp = torch.full(shape, device.g_p_s) if g_p is None else torch.as_tensor(g_p).float()
     gap = torch.full(shape, device.g_ap_s) if g_ap is None else torch.as_tensor(g_ap).float()
-    gp, gap = gp.reshape(shape) if gp.numel() == k.numel() else gp, gap
+    gp = gp.reshape(shape) if gp.numel() == k.numel() else gp
     gap = gap.reshape(shape) if gap.numel() == k.numel() else gap
     if gp.shape != shape or gap.shape != shape:
         raise ValueError(f"per-device conductances {tuple(gp.shape)} do not match kinds "
                          f"{tuple(shape)}")
-    g_short = torch.full(shape, device.g_short_s)
-    g_open = torch.zeros(shape)
+    r = torch.zeros(shape)
     if resistance_ohm is not None:
         r = torch.as_tensor(resistance_ohm, dtype=torch.float32)
         r = r.reshape(shape) if r.numel() == k.numel() else r
         if r.shape != shape:
             raise ValueError(f"resistance_ohm shape {tuple(r.shape)} does not match kinds "
                              f"{tuple(shape)}")
-        measured = 1.0 / r.clamp_min(1e-3)
-        g_short = torch.where(r > 0, measured, g_short)
-        g_open = torch.where(r > 0, measured, g_open)
-    short, opened = k == CellDefect.SHORT, k == CellDefect.OPEN
-    sp, sap = k == CellDefect.STUCK_P, k == CellDefect.STUCK_AP
-    fixed = torch.where(short, g_short, torch.where(opened, g_open, torch.where(sp, gp, gap)))
-    broken = short | opened | sp | sap
+    fixed = defect_conductance(k, r, device, stuck_p_s=gp, stuck_ap_s=gap)
+    broken = (k >= CellDefect.SHORT) & (k <= CellDefect.STUCK_AP)
     return ArrayCells(torch.where(broken, fixed, gp).float(),
                       torch.where(broken, fixed, gap).float())
 
@@ -588,12 +582,12 @@ class LayerCells:
         return torch.sparse.mm(mat, dense.to(cv.dtype)).view(n, n_out, -1).transpose(1, 2)
 
     def _excess_support(self, max_density: float = 0.05) -> tuple[torch.Tensor, ...] | None:
-        """(die, row, col, c, e) where c or e is non-zero (beyond rounding), None if that is
-        more than max_density of the cells. Cached."""
+        """(die, row, col, c, e) where c or e is non-zero (quantized: exactly), None if that
+        is more than max_density of the cells. Cached."""
         if "_support" not in self.__dict__:
             assert self.c is not None and self.e is not None
             c, e = self.c.expand_as(self.a), self.e.expand_as(self.a)
-            nz = (c.abs() > 1e-5) | (e.abs() > 1e-5)
+            nz = (c != 0) | (e != 0)
             cache = None
             if float(nz.float().mean()) <= max_density:
                 die, row, col = nz.nonzero(as_tuple=True)
@@ -707,16 +701,20 @@ def extract_layer(cells: ArrayCells, lp: LayerPlacement, device: DeviceModel) ->
                       e.contiguous())
 
 
-def defect_conductance(kind: torch.Tensor, resistance_ohm: torch.Tensor, device: DeviceModel
-                       ) -> torch.Tensor:
+def defect_conductance(kind: torch.Tensor, resistance_ohm: torch.Tensor, device: DeviceModel,
+                       stuck_p_s: float | torch.Tensor | None = None,
+                       stuck_ap_s: float | torch.Tensor | None = None) -> torch.Tensor:
     """Conductance (siemens) of defective cells: 1/resistance where one > 0 was measured, else
-    the nominal short conductance or 0 (open); stuck cells that of their stuck state."""
+    the nominal short conductance or 0 (open); stuck cells that of their stuck state (nominal,
+    or the per-device `stuck_p_s` / `stuck_ap_s`)."""
     r = resistance_ohm
     measured = 1.0 / r.clamp_min(1e-3)
+    stuck_p = device.g_p_s if stuck_p_s is None else stuck_p_s
+    stuck_ap = device.g_ap_s if stuck_ap_s is None else stuck_ap_s
     return torch.where(
         kind == CellDefect.SHORT, torch.where(r > 0, measured, device.g_short_s),
         torch.where(kind == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
-                    torch.where(kind == CellDefect.STUCK_P, device.g_p_s, device.g_ap_s)))
+                    torch.where(kind == CellDefect.STUCK_P, stuck_p, stuck_ap)))
 
 
 def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells:
