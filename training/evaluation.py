@@ -17,6 +17,7 @@ from .mapping import (
     common_mode_readout,
     dies_deviations,
     dies_layers,
+    readout_choice,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
@@ -135,7 +136,8 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             terms = d1.dc + s_at * d1.de
             flag, sub, w = _may_flag(inv, terms, keys.numel(), tol)
             excess = _sparse_product(sub, d1.row[w], terms[w], flag.numel(), xt)
-            z[flag] = common_mode_readout(z[flag], excess, x.sum(dim=1)[None, :], tol)[0]
+            zf = z[flag]
+            z[flag] = torch.addcmul(zf, excess, readout_choice(zf, excess, tol), value=-1)
         h_aff = z > 0  # (U, N)
         fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
         if fu.numel():

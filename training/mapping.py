@@ -501,20 +501,26 @@ class ArrayLayout:
                     g_ap: torch.Tensor) -> list[SparseLayerDeviation]:
         """Per layer, the (a, b, c, e) deviations of devices at (die, flat array index) that
         show g_p if programmed P and g_ap if AP; the same quantized terms as `extract_layer`,
-        so dense and sparse paths agree exactly."""
+        so dense and sparse paths agree exactly. Entries are grouped by layer (die order
+        kept) and gathered once."""
         dev = self.device
         layer_of, pos_of, side_of = self.cell_lookup()
-        layer, pos, side = layer_of[flat], pos_of[flat], side_of[flat]
-        reps = torch.tensor([lp.replicas for lp in self.layers] + [1], dtype=torch.float32)
-        scale = 1.0 / (dev.unit_s * reps[layer])  # layer -1 (unused cells): dropped below
-        terms = pair_terms(side, device_deviation(g_p, dev.g_p_s, scale),
-                           device_deviation(g_ap, dev.g_ap_s, scale))
+        layer = layer_of.index_select(0, flat)
+        groups = [(layer == i).nonzero().squeeze(1) for i in range(len(self.layers))]
+        counts = [int(gr.numel()) for gr in groups]
+        order = torch.cat(groups)  # cheaper than a stable sort; unused cells dropped
+        flat, die, layer = (t.index_select(0, order) for t in (flat, die, layer))
+        pos, side = pos_of.index_select(0, flat), side_of.index_select(0, flat)
+        reps = torch.tensor([float(lp.replicas) for lp in self.layers])
+        scale = 1.0 / (dev.unit_s * reps.index_select(0, layer))
+        dgp = device_deviation(g_p.index_select(0, order), dev.g_p_s, scale)
+        dgap = device_deviation(g_ap.index_select(0, order), dev.g_ap_s, scale)
+        parts = [t.split(counts) for t in (die, pos, *pair_terms(side, dgp, dgap))]
         out = []
         for i, lp in enumerate(self.layers):
-            sel = layer == i
-            p = pos[sel]
-            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, die[sel], p // lp.n_out,
-                                            p % lp.n_out, *(t[sel] for t in terms)))
+            d, p, *terms = (part[i] for part in parts)
+            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, d, p // lp.n_out,
+                                            p % lp.n_out, *terms))
         return out
 
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
@@ -601,6 +607,29 @@ READOUTS = ("diff", "common_mode")
 SPARSE_MIN_MACS = 4_000_000
 
 
+def readout_choice(diff: torch.Tensor, excess: torch.Tensor, tol: float) -> torch.Tensor:
+    """Which estimate the common-mode read-out takes, as r in {-1, 0, +1}: its output is
+    diff - r * excess (r = 0: diff kept, r = 1: d_minus, r = -1: d_plus).
+
+    A flagged pair (|excess| > tol) takes the estimate smaller in magnitude, d_minus on a tie:
+    whenever exactly one estimate is possible it is also the smaller one, so the choice needs
+    no threshold on the active inputs. |d_plus| < |d_minus| iff diff * excess < 0 (exact on
+    quantized conductances). Float arithmetic throughout: on CPU, comparisons and selections
+    with bool tensors cost several times more than sign and clamp.
+    """
+    r = torch.sign(diff * excess).mul_(2).add_(1).clamp_(max=1)  # -1 iff d_plus is smaller
+    return r.mul_(excess.abs().sub_(tol).sign_().clamp_(min=0))  # 0 where not flagged
+
+
+def readout_reliable(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
+                     tol: float) -> torch.Tensor:
+    """False where the common-mode read-out is ambiguous: the pair is flagged and both
+    estimates or neither are possible (|d| <= n + tol / 2, n = active inputs)."""
+    lim = active + 0.5 * tol
+    ambiguous = ((diff + excess).abs() > lim) == ((diff - excess).abs() > lim)
+    return ~(ambiguous & (excess.abs() > tol))
+
+
 def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
                         tol: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A differential pair's output (weight units) checked against its common mode.
@@ -613,17 +642,10 @@ def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.
     is ambiguous: the output is the estimate smaller in magnitude (the likelier one for a
     hidden neuron, whose sign is all that matters) and `reliable` is False there, so the class
     scores can leave that copy out (`combine_copies`). All tensors broadcast; active has a
-    trailing dimension of 1. Returns (output, reliable).
+    trailing dimension of 1. Returns (output, reliable); see `readout_choice`.
     """
-    d_plus, d_minus = diff + excess, diff - excess
-    a_plus, a_minus = d_plus.abs(), d_minus.abs()
-    lim = active + 0.5 * tol
-    plus_bad, minus_bad = a_plus > lim, a_minus > lim
-    ambiguous = plus_bad == minus_bad
-    take_plus = torch.where(ambiguous, a_plus < a_minus, minus_bad)
-    flagged = excess.abs() > tol
-    out = torch.where(flagged, torch.where(take_plus, d_plus, d_minus), diff)
-    return out, ~(flagged & ambiguous)
+    out = torch.addcmul(diff, excess, readout_choice(diff, excess, tol), value=-1)
+    return out, readout_reliable(diff, excess, active, tol)
 
 
 @dataclass(frozen=True)

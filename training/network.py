@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .mapping import LayerCells, common_mode_readout
+from .mapping import LayerCells, readout_choice, readout_reliable
 
 
 class NetworkConfig(BaseModel):
@@ -43,18 +43,29 @@ class NetworkConfig(BaseModel):
         return (*self.sizes[:-1], self.sizes[-1] * self.output_copies)
 
 
+def positive(z: torch.Tensor) -> torch.Tensor:
+    """1.0 where z > 0, else 0.0 (float arithmetic: on CPU, bool tensors cost several times
+    more to make and to convert than sign and clamp)."""
+    return z.sign().clamp_(min=0)
+
+
+def within(z: torch.Tensor, width: float) -> torch.Tensor:
+    """1.0 where |z| <= width, else 0.0 (float arithmetic, as `positive`)."""
+    return z.abs().neg_().add_(width).sign_().add_(1).clamp_(max=1)
+
+
 class _SignSTE(torch.autograd.Function):
     """s = 1[w > 0] forward; ds/dw = 1/2 on |w| <= 1 backward (clipped straight-through)."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, w: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(w)
-        return (w > 0).to(w.dtype)
+        return positive(w)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         (w,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * 0.5 * (w.abs() <= 1).to(grad.dtype)
+        return grad * within(w, 1.0).mul_(0.5)
 
 
 class _StepSTE(torch.autograd.Function):
@@ -65,14 +76,14 @@ class _StepSTE(torch.autograd.Function):
                 width: float) -> torch.Tensor:
         ctx.save_for_backward(z)
         ctx.width = width  # type: ignore[attr-defined]
-        return (z > 0).to(z.dtype)
+        return positive(z)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (z,) = ctx.saved_tensors  # type: ignore[attr-defined]
         width = ctx.width  # type: ignore[attr-defined]
-        return grad * (z.abs() <= width).to(grad.dtype) / (2 * width), None
+        return (grad * within(z, width)).div_(2 * width), None
 
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
@@ -166,22 +177,25 @@ class BinaryNetwork(nn.Module):
                 z = z + noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
                     (*x.shape[:-1], z.shape[-1]), generator=generator)
             if common:
-                z, reliable = self._read_out(z, h, s, cells[i], active)
+                z, reliable = self._read_out(z, h, s, cells[i], active, i == n_layers - 1)
             if i < n_layers - 1:
                 h = step(z, self.config.ste_window * math.sqrt(w.shape[1]))
         return combine_copies(z, self.config.output_copies, self.config.copy_combine,
                               reliable)
 
     def _read_out(self, diff: torch.Tensor, h: torch.Tensor, s: torch.Tensor,
-                  cells: LayerCells, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The common-mode read-out of one layer. Its repair is a constant offset for the
-        gradient (straight through): the excess carries no gradient (and no training noise:
-        the threshold absorbs read noise), only diff does."""
+                  cells: LayerCells, active: torch.Tensor, last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The common-mode read-out of one layer (and, for the last, which outputs it trusts).
+        Its repair is a constant offset for the gradient (straight through): the excess
+        carries no gradient (and no training noise: the threshold absorbs read noise), only
+        diff does."""
         with torch.no_grad():
             excess = cells.excess(h.detach(), s.detach())
             if excess is None:
-                return diff, torch.ones(diff.shape, dtype=torch.bool)
-            fixed, reliable = common_mode_readout(diff.detach(), excess, active,
-                                                  self.config.readout_tol)
-            offset = fixed - diff.detach()
-        return diff + offset, reliable
+                return diff, None
+            d = diff.detach()
+            choice = readout_choice(d, excess, self.config.readout_tol)
+            reliable = (readout_reliable(d, excess, active, self.config.readout_tol)
+                        if last else None)
+        return torch.addcmul(diff, excess, choice, value=-1), reliable

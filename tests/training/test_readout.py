@@ -52,6 +52,30 @@ def test_readout_repairs_a_short_and_a_dead_column() -> None:
     assert not ok[0, 0] and out[0, 0] == pytest.approx(0.0)
 
 
+def test_readout_choice_follows_the_rule_it_states() -> None:
+    """The arithmetic read-out equals its rule written with comparisons: a flagged pair takes
+    the possible estimate if exactly one is possible, else the smaller one (d_minus on a tie);
+    ties, the flag threshold and the possibility limit are all hit on quantized values."""
+    g = torch.Generator().manual_seed(3)
+    q = mapping.QUANTUM_UNITS
+    diff = torch.randint(-24, 25, (4000,), generator=g) * 0.5
+    excess = torch.randint(-24, 25, (4000,), generator=g) * 0.5 + q * torch.randint(
+        -1, 2, (4000,), generator=g)
+    active = torch.randint(0, 12, (4000,), generator=g).float()
+    tol = 4.0
+    d_plus, d_minus = diff + excess, diff - excess
+    lim = active + tol / 2
+    plus_ok, minus_ok = d_plus.abs() <= lim, d_minus.abs() <= lim
+    take_plus = torch.where(plus_ok != minus_ok, plus_ok, d_plus.abs() < d_minus.abs())
+    flagged = excess.abs() > tol
+    want = torch.where(flagged, torch.where(take_plus, d_plus, d_minus), diff)
+    out, reliable = common_mode_readout(diff, excess, active, tol)
+    assert torch.equal(out, want)
+    assert torch.equal(reliable, ~(flagged & (plus_ok == minus_ok)))
+    assert (flagged & (diff == 0)).any() and (excess.abs() == tol).any()
+    assert ((d_plus.abs() == lim) | (d_minus.abs() == lim)).any()
+
+
 def test_combine_copies_leaves_out_unreliable() -> None:
     s = torch.tensor([[1.0, 10.0, 3.0, 20.0, 5.0, 30.0]])  # 3 copies x 2 classes
     ok = torch.tensor([[True, False, False, False, True, True]])
