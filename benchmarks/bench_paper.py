@@ -34,7 +34,7 @@ from training.datasets import load_default
 from training.defects import CellDefect, DefectMap
 from training.evaluation import DieErrors, evaluate_on_dies
 from training.experiment import METHODS, ExperimentConfig, Solutions, as_method, train_all
-from training.mapping import READOUTS, ArrayCells, DeviceModel, cells_from_kinds
+from training.mapping import READOUTS, ArrayCells, ArrayLayout, DeviceModel, cells_from_kinds
 from training.placement import PlacementConfig, place_all
 from training.sensitivity import loss_distribution
 from training.trainers import TrainConfig, train_baseline, train_hat, train_sat
@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         results[method] = (e, p)
     sens_base = loss_distribution(sol.baseline.weights, xt, yt, sol.layout, sol.stats, net,
                                   seed=seed)
+    plain_layout, plain_net = as_method("unaware", sol.layout, net)
+    assert isinstance(plain_layout, ArrayLayout)
+    sens_plain = loss_distribution(sol.baseline.weights, xt, yt, plain_layout, sol.stats,
+                                   plain_net, seed=seed)
     sens_sat = loss_distribution(sol.sat.weights, xt, yt, sol.layout, sol.stats, net,
                                  seed=seed)
     sp = speed(sol, data, cfg, seed)
@@ -212,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{e.gap_pp:>8.2f}{pm}")
     print("# unaware: baseline weights on the plain differential read-out (the paper's chip); "
           f"unaware_cm: the same weights on the network's read-out ({net.readout})")
-    print(f"# loss over 200 sampled maps: baseline mean {sens_base.mean:.3f} std "
-          f"{sens_base.std:.3f} IQR {sens_base.iqr:.3f}; SAT mean {sens_sat.mean:.3f} std "
-          f"{sens_sat.std:.3f} IQR {sens_sat.iqr:.3f}")
+    print("# loss over 200 sampled maps (the same maps for each): "
+          + "; ".join(f"{label} mean {d.mean:.3f} std {d.std:.3f} IQR {d.iqr:.3f}"
+                      for label, d in (("baseline, plain read-out (unaware)", sens_plain),
+                                       ("baseline, network's read-out (unaware_cm)",
+                                        sens_base), ("SAT", sens_sat))))
     print(f"# min epoch s: baseline {sp['base_s']:.3f}, SAT {sp['sat_s']:.3f}, HAT x36 "
           f"{sp['hat36_s']:.3f}, HAT x1 {sp['hat1_s']:.3f}; eval 36 dies "
           f"{sp['eval36_s'] * 1e3:.1f} ms, 1 die {sp['eval1_s'] * 1e3:.1f} ms")

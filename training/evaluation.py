@@ -17,7 +17,7 @@ from .mapping import (
     common_mode_readout,
     dies_deviations,
     dies_layers,
-    readout_choice,
+    readout_correction,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
@@ -137,7 +137,7 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             flag, sub, w = _may_flag(inv, terms, keys.numel(), tol)
             excess = _sparse_product(sub, d1.row[w], terms[w], flag.numel(), xt)
             zf = z[flag]
-            z[flag] = torch.addcmul(zf, excess, readout_choice(zf, excess, tol), value=-1)
+            z[flag] = zf - readout_correction(zf, excess, tol)
         h_aff = z > 0  # (U, N)
         fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
         if fu.numel():

@@ -502,25 +502,32 @@ class ArrayLayout:
         """Per layer, the (a, b, c, e) deviations of devices at (die, flat array index) that
         show g_p if programmed P and g_ap if AP; the same quantized terms as `extract_layer`,
         so dense and sparse paths agree exactly. Entries are grouped by layer (die order
-        kept) and gathered once."""
+        kept) and gathered once. The index bookkeeping runs in numpy (a fraction of torch's
+        per-call overhead on arrays of this size), the conductance arithmetic in torch."""
         dev = self.device
-        layer_of, pos_of, side_of = self.cell_lookup()
-        layer = layer_of.index_select(0, flat)
-        groups = [(layer == i).nonzero().squeeze(1) for i in range(len(self.layers))]
-        counts = [int(gr.numel()) for gr in groups]
-        order = torch.cat(groups)  # cheaper than a stable sort; unused cells dropped
-        flat, die, layer = (t.index_select(0, order) for t in (flat, die, layer))
-        pos, side = pos_of.index_select(0, flat), side_of.index_select(0, flat)
+        layer_of, pos_of, side_of = (t.numpy() for t in self.cell_lookup())
+        flat_np = flat.numpy()
+        layer = layer_of[flat_np]
+        groups = [np.flatnonzero(layer == i) for i in range(len(self.layers))]
+        counts = [int(gr.size) for gr in groups]
+        order_np = np.concatenate(groups)  # unused cells dropped
+        cell = flat_np[order_np]
+        order = torch.from_numpy(order_np)
         reps = torch.tensor([float(lp.replicas) for lp in self.layers])
-        scale = 1.0 / (dev.unit_s * reps.index_select(0, layer))
-        dgp = device_deviation(g_p.index_select(0, order), dev.g_p_s, scale)
-        dgap = device_deviation(g_ap.index_select(0, order), dev.g_ap_s, scale)
-        parts = [t.split(counts) for t in (die, pos, *pair_terms(side, dgp, dgap))]
+        scale = torch.from_numpy(np.repeat((1.0 / (dev.unit_s * reps)).numpy(), counts))
+        g_p_at = g_p.index_select(0, order)
+        g_ap_at = g_p_at if g_ap is g_p else g_ap.index_select(0, order)  # sampled: g_p = g_ap
+        dgp = device_deviation(g_p_at, dev.g_p_s, scale)
+        dgap = device_deviation(g_ap_at, dev.g_ap_s, scale)
+        terms = pair_terms(torch.from_numpy(side_of[cell].astype(np.float32)), dgp, dgap)
+        parts = [t.split(counts) for t in (die.index_select(0, order), *terms)]
+        pos = np.split(pos_of[cell], np.cumsum(counts)[:-1])
         out = []
         for i, lp in enumerate(self.layers):
-            d, p, *terms = (part[i] for part in parts)
-            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, d, p // lp.n_out,
-                                            p % lp.n_out, *terms))
+            d, *layer_terms = (part[i] for part in parts)
+            row, col = np.divmod(pos[i], lp.n_out)
+            out.append(SparseLayerDeviation(n, lp.n_in, lp.n_out, d, torch.from_numpy(row),
+                                            torch.from_numpy(col), *layer_terms))
         return out
 
     def layer_cells(self, cells: ArrayCells) -> list[LayerCells]:
@@ -607,18 +614,19 @@ READOUTS = ("diff", "common_mode")
 SPARSE_MIN_MACS = 4_000_000
 
 
-def readout_choice(diff: torch.Tensor, excess: torch.Tensor, tol: float) -> torch.Tensor:
-    """Which estimate the common-mode read-out takes, as r in {-1, 0, +1}: its output is
-    diff - r * excess (r = 0: diff kept, r = 1: d_minus, r = -1: d_plus).
+def readout_correction(diff: torch.Tensor, excess: torch.Tensor, tol: float) -> torch.Tensor:
+    """What the common-mode read-out subtracts from diff: its output is diff - correction.
 
-    A flagged pair (|excess| > tol) takes the estimate smaller in magnitude, d_minus on a tie:
-    whenever exactly one estimate is possible it is also the smaller one, so the choice needs
-    no threshold on the active inputs. |d_plus| < |d_minus| iff diff * excess < 0 (exact on
-    quantized conductances). Float arithmetic throughout: on CPU, comparisons and selections
-    with bool tensors cost several times more than sign and clamp.
+    A flagged pair (|excess| > tol) takes, of d_plus = diff + excess and d_minus = diff -
+    excess, the estimate smaller in magnitude (d_minus on a tie): whenever exactly one
+    estimate is possible it is also the smaller one, so the choice needs no threshold on the
+    active inputs. |d_plus| < |d_minus| iff diff * excess < 0 (exact on quantized
+    conductances). Float arithmetic throughout: on CPU, comparisons and selections with bool
+    tensors cost several times more, and each op costs microseconds on small tensors.
     """
-    r = torch.sign(diff * excess).mul_(2).add_(1).clamp_(max=1)  # -1 iff d_plus is smaller
-    return r.mul_(excess.abs().sub_(tol).sign_().clamp_(min=0))  # 0 where not flagged
+    flagged = torch.nn.functional.hardshrink(excess, tol)  # excess where |excess| > tol, else 0
+    side = (diff * flagged).sign_().add_(0.5).sign_()  # +1: d_minus (also on a tie), -1: d_plus
+    return flagged.mul_(side)
 
 
 def readout_reliable(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
@@ -642,10 +650,10 @@ def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.
     is ambiguous: the output is the estimate smaller in magnitude (the likelier one for a
     hidden neuron, whose sign is all that matters) and `reliable` is False there, so the class
     scores can leave that copy out (`combine_copies`). All tensors broadcast; active has a
-    trailing dimension of 1. Returns (output, reliable); see `readout_choice`.
+    trailing dimension of 1. Returns (output, reliable); see `readout_correction`.
     """
-    out = torch.addcmul(diff, excess, readout_choice(diff, excess, tol), value=-1)
-    return out, readout_reliable(diff, excess, active, tol)
+    return diff - readout_correction(diff, excess, tol), readout_reliable(diff, excess, active,
+                                                                          tol)
 
 
 @dataclass(frozen=True)
@@ -667,10 +675,11 @@ class SparseLayerDeviation:
     de: torch.Tensor
 
     def dense(self) -> LayerCells:
-        """The same deviations as dense `LayerCells`."""
+        """The same deviations as dense `LayerCells`. (On 1-D CPU tensors scatter_add_ adds
+        in index order, as index_add_ does, but costs less per entry.)"""
         shape = (self.n, self.n_in, self.n_out)
         idx = (self.die * self.n_in + self.row) * self.n_out + self.col
-        parts = [torch.full((math.prod(shape),), v).index_add_(0, idx, d).view(shape)
+        parts = [torch.full((math.prod(shape),), v).scatter_add_(0, idx, d).view(shape)
                  for v, d in ((-1.0, self.da), (2.0, self.db), (0.0, self.dc), (0.0, self.de))]
         return LayerCells(*parts)
 
@@ -696,11 +705,12 @@ def pair_terms(side: torch.Tensor, dgp: torch.Tensor, dgap: torch.Tensor
 
     a = g_AP(plus) - g_P(minus), b = (g_P - g_AP)(plus) + (g_P - g_AP)(minus),
     c = g_AP(plus) + g_P(minus) (the common mode at w = -1), e = (g_P - g_AP)(plus) - (minus).
+    So a = side * c and e = side * b, exact products (one selection instead of two).
     """
-    plus = side > 0
+    sign = side.to(dgp.dtype)
     db = dgp - dgap
-    return (torch.where(plus, dgap, -dgp), db, torch.where(plus, dgap, dgp),
-            side.to(db.dtype) * db)
+    c = torch.where(side > 0, dgap, dgp)
+    return sign * c, db, c, sign * db
 
 
 def extract_layer(cells: ArrayCells, lp: LayerPlacement, device: DeviceModel) -> LayerCells:
@@ -728,15 +738,26 @@ def defect_conductance(kind: torch.Tensor, resistance_ohm: torch.Tensor, device:
                        stuck_ap_s: float | torch.Tensor | None = None) -> torch.Tensor:
     """Conductance (siemens) of defective cells: 1/resistance where one > 0 was measured, else
     the nominal short conductance or 0 (open); stuck cells that of their stuck state (nominal,
-    or the per-device `stuck_p_s` / `stuck_ap_s`)."""
+    or the per-device `stuck_p_s` / `stuck_ap_s`). Other codes (OK) get the stuck-AP value."""
     r = resistance_ohm
-    measured = 1.0 / r.clamp_min(1e-3)
     stuck_p = device.g_p_s if stuck_p_s is None else stuck_p_s
     stuck_ap = device.g_ap_s if stuck_ap_s is None else stuck_ap_s
-    return torch.where(
-        kind == CellDefect.SHORT, torch.where(r > 0, measured, device.g_short_s),
-        torch.where(kind == CellDefect.OPEN, torch.where(r > 0, measured, 0.0),
-                    torch.where(kind == CellDefect.STUCK_P, stuck_p, stuck_ap)))
+    code = kind.long().clamp(0, len(CellDefect) - 1).reshape(-1)  # index_select: 1-D only
+    # r > 0 only counts for shorts and opens: r * 0 is never > 0 (nor is a NaN)
+    measured = (r * _MEASURED_KINDS.index_select(0, code).view(kind.shape)) > 0
+    if isinstance(stuck_p, torch.Tensor) or isinstance(stuck_ap, torch.Tensor):
+        fallback = torch.where(
+            kind == CellDefect.SHORT, device.g_short_s,
+            torch.where(kind == CellDefect.OPEN, 0.0,
+                        torch.where(kind == CellDefect.STUCK_P, stuck_p, stuck_ap)))
+    else:  # one lookup instead of three selections (the sampling fast path)
+        fallback = torch.tensor([stuck_ap, device.g_short_s, 0.0, stuck_p, stuck_ap]
+                                ).index_select(0, code).view(kind.shape)
+    return torch.where(measured, 1.0 / r.clamp_min(1e-3), fallback)
+
+
+#: 1.0 for the `CellDefect` codes whose measured resistance sets their conductance.
+_MEASURED_KINDS = torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0])
 
 
 def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells:

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .mapping import LayerCells, readout_choice, readout_reliable
+from .mapping import LayerCells, readout_correction, readout_reliable
 
 
 class NetworkConfig(BaseModel):
@@ -106,12 +106,12 @@ def combine_copies(scores: torch.Tensor, copies: int, how: str,
     if copies == 1:
         return scores
     s = scores.unflatten(-1, (copies, scores.shape[-1] // copies))
-    if reliable is not None:
-        ok = reliable.unflatten(-1, s.shape[-2:])
-        ok = ok | ~ok.any(dim=-2, keepdim=True)
+    if reliable is not None:  # 0/1 weights in float (faster than bool arithmetic on CPU)
+        ok = reliable.unflatten(-1, s.shape[-2:]).to(s.dtype)
+        ok = ok + (1 - ok.amax(dim=-2, keepdim=True))  # none reliable: all count
         if how == "mean":
             return (s * ok).sum(dim=-2) / ok.sum(dim=-2)
-        return torch.where(ok, s, torch.nan).nanmedian(dim=-2).values
+        return torch.where(ok > 0, s, torch.nan).nanmedian(dim=-2).values
     return s.mean(dim=-2) if how == "mean" else s.median(dim=-2).values
 
 
@@ -195,7 +195,7 @@ class BinaryNetwork(nn.Module):
             if excess is None:
                 return diff, None
             d = diff.detach()
-            choice = readout_choice(d, excess, self.config.readout_tol)
+            correction = readout_correction(d, excess, self.config.readout_tol)
             reliable = (readout_reliable(d, excess, active, self.config.readout_tol)
                         if last else None)
-        return torch.addcmul(diff, excess, choice, value=-1), reliable
+        return diff - correction, reliable

@@ -52,7 +52,7 @@ def test_readout_repairs_a_short_and_a_dead_column() -> None:
     assert not ok[0, 0] and out[0, 0] == pytest.approx(0.0)
 
 
-def test_readout_choice_follows_the_rule_it_states() -> None:
+def test_readout_follows_the_rule_it_states() -> None:
     """The arithmetic read-out equals its rule written with comparisons: a flagged pair takes
     the possible estimate if exactly one is possible, else the smaller one (d_minus on a tie);
     ties, the flag threshold and the possibility limit are all hit on quantized values."""
