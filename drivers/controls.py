@@ -257,10 +257,11 @@ class HasControls:
         """Doc, units and allowed range of every control, without touching the instrument."""
         return {name: c.describe() for name, c in cls.controls().items()}
 
-    def snapshot(self, names: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Current value of each control (all by default) with its units and allowed range."""
+    def snapshot(self, names: Iterable[str] | None = None,
+                 values: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Current value of each control (all by default) with its units and allowed range;
+        `values` gives values already read (e.g. with retries), else each is read now."""
         table = type(self).controls()
         selected = table if names is None else {n: table[n] for n in names}
-        return {
-            name: {"value": getattr(self, name), **c.describe()} for name, c in selected.items()
-        }
+        return {name: {"value": values[name] if values is not None else getattr(self, name),
+                       **c.describe()} for name, c in selected.items()}

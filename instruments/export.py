@@ -24,8 +24,8 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
         raise ValueError(f"unknown export format {fmt!r}: use npz or hdf5")
     with RunStore(store_path, create=False) as store:
         if run_id is None:
-            measuring = [r.run_id for r in store.runs() if r.kind in MEASURING_KINDS]
-            run_id = max(measuring) if measuring else store.latest_run()
+            run_id = store.latest_run(MEASURING_KINDS)
+            run_id = store.latest_run() if run_id is None else run_id
         if run_id is None:
             raise StoreError(f"{store_path}: the store holds no runs")
         meta = store.run_row(run_id)

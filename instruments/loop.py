@@ -62,13 +62,13 @@ def latest_measurement_run(store: RunStore) -> int:
 
     An unfinished sweep is never used by accident: resume it (`mtjlab sweep --resume`) first.
     """
-    runs = [r for r in store.runs() if r.kind in MEASURING_KINDS]
-    finished = [r.run_id for r in runs if r.status == "finished"]
-    if finished:
-        return max(finished)
-    if runs:
-        raise StoreError(f"{store.path}: no finished sweep in this store (run "
-                         f"{runs[-1].run_id} is {runs[-1].status}); finish it with "
+    finished = store.latest_run(MEASURING_KINDS, finished=True)
+    if finished is not None:
+        return finished
+    last = store.latest_run(MEASURING_KINDS)
+    if last is not None:
+        raise StoreError(f"{store.path}: no finished sweep in this store (run {last} is "
+                         f"{store.run_row(last)['status']}); finish it with "
                          "'mtjlab sweep --resume' first")
     raise StoreError(f"{store.path}: no sweep in this store; run 'mtjlab sweep' first")
 

@@ -53,7 +53,10 @@ WHOLE_RUN = RUN_LEVEL  # die key of per-run arrays and records (the store's)
 
 def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,
                   data_dir: str | None, config: ExperimentConfig, result: TrainResult,
-                  layouts: list[ArrayLayout] | None, info: dict[str, Any]) -> int:
+                  layouts: list[ArrayLayout] | None, base_err: float
+                  ) -> tuple[int, dict[str, Any]]:
+    """Store a trained method as a finished "train" run: (run id, its train record)."""
+    info = _info(method, measured, data_dir, seed, base_err) | {"epoch_s": result.mean_epoch_s}
     if layouts is not None and len(layouts) != len(measured.keys):
         raise RuntimeError(f"{len(layouts)} layouts for {len(measured.keys)} measured dies")
     sweep_row = store.run_row(measured.run_id)
@@ -71,7 +74,7 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
                                            for n, a in layout.placement_arrays().items()})
         store.put(run_id, WHOLE_RUN, records={"train": info})  # last: marks it complete
         store.set_status(run_id, "finished")
-    return run_id
+    return run_id, info
 
 
 @contextmanager
@@ -153,8 +156,8 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
         epochs = bars if on_epoch is None else _both(bars, on_epoch)
         measured = load_measurements(store)
         if method == "baseline":
-            run_id, _weights, base_err = _train_baseline(store, measured, data, data_dir, seed,
-                                                         config, quiet, epochs)
+            run_id, info, _weights = _train_baseline(store, measured, data, data_dir, seed,
+                                                     config, quiet, epochs)
         else:
             setup = prepare(measured.maps, measured.device_model(), config)
             baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
@@ -168,12 +171,10 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
                 result = run_sat(data, setup, baseline, config, seed, for_stage(epochs, "sat"))
                 say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
                 layouts = run_placement(data, setup, result.weights, config)
-            run_id = _save_trained(store, measured, method, seed, data_dir, config, result,
-                                   layouts, _info(method, measured, data_dir, seed, base_err)
-                                   | {"epoch_s": result.mean_epoch_s})
-        info = store.record(run_id, WHOLE_RUN, "train")
+            run_id, info = _save_trained(store, measured, method, seed, data_dir, config,
+                                         result, layouts, base_err)
     say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} measured dies "
-               f"(software baseline error {base_err:.2f} %)")
+               f"(software baseline error {info['baseline_error_pct']:.2f} %)")
     return info | {"run_id": run_id, "seconds": time.perf_counter() - t0}
 
 
@@ -196,13 +197,13 @@ def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
 def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
                     data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
                     epochs: StageEpochHook | None = None
-                    ) -> tuple[int, list[torch.Tensor], float]:
+                    ) -> tuple[int, dict[str, Any], list[torch.Tensor]]:
+    """Train and store the software baseline: (run id, its train record, its weights)."""
     say(quiet, "training the software baseline")
     result, err = run_baseline(data, config, seed, for_stage(epochs, "baseline"))
-    info = _info("baseline", measured, data_dir, seed, err) | {"epoch_s": result.mean_epoch_s}
-    run_id = _save_trained(store, measured, "baseline", seed, data_dir, config, result, None,
-                           info)
-    return run_id, result.weights, err
+    run_id, info = _save_trained(store, measured, "baseline", seed, data_dir, config, result,
+                                 None, err)
+    return run_id, info, result.weights
 
 
 def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
@@ -216,9 +217,9 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
         if (info.get("data_dir"), info.get("seed"), stored.network, stored.baseline) == (
                 data_dir, seed, config.network, config.baseline):
             return _stored_weights(store, run_id), float(info["baseline_error_pct"])
-    _run_id, weights, err = _train_baseline(store, measured, data, data_dir, seed, config,
-                                            quiet, epochs)
-    return weights, err
+    _run_id, info, weights = _train_baseline(store, measured, data, data_dir, seed, config,
+                                             quiet, epochs)
+    return weights, float(info["baseline_error_pct"])
 
 
 def evaluate_from_store(store_path: str | Path, seed: int | None = None,

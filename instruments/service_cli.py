@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILED = 0, 1
+from .cli import EXIT_FAILED, EXIT_OK
+
 KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
 
 

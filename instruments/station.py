@@ -277,7 +277,7 @@ class Station:
                                        lambda name=name: getattr(self.tester, name))
                       for name in controls}
             if values == previous:
-                tester = {n: {"value": v, **controls[n].describe()} for n, v in values.items()}
+                tester = self.tester.snapshot(values=values)
                 return {"identities": self.identities, "tester": tester,
                         "safety": self.config.safety.model_dump()}
             previous = values

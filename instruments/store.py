@@ -10,7 +10,7 @@ import io
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,14 +209,18 @@ class RunStore:
         """The snapshot a run was created with, as a dict."""
         return dict(json.loads(self.run_row(run_id)["snapshot_json"]))
 
-    def latest_run(self, kind: str | None = None, unfinished: bool = False) -> int | None:
+    def latest_run(self, kinds: str | Collection[str] | None = None, *,
+                   finished: bool | None = None) -> int | None:
+        """The newest run of these kinds (one or several; None: any), finished or not
+        (None: either); None if there is none."""
         sql = "SELECT run_id FROM runs WHERE 1=1"
         args: list[Any] = []
-        if kind:
-            sql += " AND kind=?"
-            args.append(kind)
-        if unfinished:
-            sql += " AND status != 'finished'"
+        if kinds:
+            kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+            sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            args.extend(kinds)
+        if finished is not None:
+            sql += " AND status " + ("=" if finished else "!=") + " 'finished'"
         row = self.db.execute(sql + " ORDER BY run_id DESC LIMIT 1", args).fetchone()
         return None if row is None else int(row[0])
 

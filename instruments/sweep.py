@@ -132,7 +132,7 @@ def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
               station_factory: Callable[[StationConfig], Station] = Station) -> int:
     """Open the station, start (or resume) a sweep run, keep the run's status honest."""
     with station_factory(config) as station:
-        run_id = store.latest_run(SWEEP_KIND, unfinished=True) if resume else None
+        run_id = store.latest_run(SWEEP_KIND, finished=False) if resume else None
         if resume and run_id is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
         if run_id is None:

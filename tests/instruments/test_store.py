@@ -66,3 +66,23 @@ def test_locked_store_is_reported(tmp_path: Path) -> None:
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_latest_run_by_kinds_and_status(tmp_path: Path) -> None:
+    from instruments.loop import latest_measurement_run
+
+    with RunStore(tmp_path / "s.sqlite") as store:
+        with pytest.raises(StoreError, match="no sweep in this store"):
+            latest_measurement_run(store)
+        sweep = _run(store)
+        with pytest.raises(StoreError, match=f"run {sweep} is running"):
+            latest_measurement_run(store)
+        store.set_status(sweep, "finished")
+        demo = store.create_run("demo", "name: x\n", {"id": "sim"}, "0.1.0", {"wafer": 0})
+        train = store.create_run("train", "name: x\n", {"id": "sim"}, "0.1.0", {})
+        assert store.latest_run() == train
+        assert store.latest_run("sweep") == sweep
+        assert store.latest_run(("sweep", "demo")) == demo
+        assert store.latest_run(("sweep", "demo"), finished=True) == sweep
+        assert store.latest_run("sweep", finished=False) is None
+        assert latest_measurement_run(store) == sweep
