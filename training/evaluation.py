@@ -166,7 +166,8 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             terms = d2.dc + s_at * d2.de
             flag, sub, w = _may_flag(inv2, terms, keys2.numel(), tol)
             excess = torch.zeros(flag.numel(), n).index_add_(0, sub, src[w] * terms[w][:, None])
-            out[flag], ok = common_mode_readout(out[flag], excess, active[die2[flag]], tol)
+            out[flag], ok = common_mode_readout(out[flag], excess, active[die2[flag]], tol,
+                                                output_layer=True)
             assert reliable is not None
             reliable[die2[flag], :, col2[flag]] = ok
         scores[die2, :, col2] = out

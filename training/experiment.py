@@ -78,8 +78,7 @@ class ExperimentConfig(BaseModel):
     hat: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=10, lr=0.003, noise_std=0.1))
     sat: SATConfig = Field(
-        default_factory=lambda: SATConfig(epochs=20, lr=0.003, noise_std=0.2, margin_units=2.0,
-                                          maps_per_batch=4, prefetch_steps=32))
+        default_factory=lambda: SATConfig(epochs=20, lr=0.003, noise_std=0.2, margin_units=2.0))
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     hat_placement: bool = True
     init_from_baseline: bool = Field(True, description="HAT and SAT start from the baseline")

@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .mapping import LayerCells, readout_correction, readout_reliable
+from .mapping import LayerCells, output_readout, readout_correction
 
 
 class NetworkConfig(BaseModel):
@@ -194,8 +194,10 @@ class BinaryNetwork(nn.Module):
             excess = cells.excess(h.detach(), s.detach())
             if excess is None:
                 return diff, None
-            d = diff.detach()
-            correction = readout_correction(d, excess, self.config.readout_tol)
-            reliable = (readout_reliable(d, excess, active, self.config.readout_tol)
-                        if last else None)
+            d, tol = diff.detach(), self.config.readout_tol
+            reliable = None
+            if last:
+                correction, reliable = output_readout(d, excess, active, tol)
+            else:
+                correction = readout_correction(d, excess, tol)
         return diff - correction, reliable

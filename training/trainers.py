@@ -44,10 +44,10 @@ class TrainConfig(BaseModel):
 class SATConfig(TrainConfig):
     """Statistics-aware training: maps per mini-batch and a defect-rate warm-up."""
 
-    maps_per_batch: int = Field(8, ge=1)
+    maps_per_batch: int = Field(4, ge=1)
     warmup_fraction: float = Field(0.2, ge=0, le=1, description="epochs ramping rate 0 -> 1")
     rate_scale: float = Field(1.0, ge=0, description="multiplier of sampled defect rates")
-    prefetch_steps: int = Field(16, ge=1, description="steps whose maps are drawn at once")
+    prefetch_steps: int = Field(32, ge=1, description="steps whose maps are drawn at once")
 
 
 @dataclass
