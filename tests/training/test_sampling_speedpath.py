@@ -40,8 +40,10 @@ def _conductance_reference(kind: int, r: float, dev: DeviceModel, stuck_p: float
                            stuck_ap: float) -> float:
     if kind in (CellDefect.SHORT, CellDefect.OPEN) and r > 0:
         return float(np.float32(1.0) / np.float32(max(r, np.float32(1e-3))))
-    return float(np.float32({CellDefect.SHORT: dev.g_short_s, CellDefect.OPEN: 0.0,
-                             CellDefect.STUCK_P: stuck_p}.get(kind, stuck_ap)))
+    nearest = min(max(kind, CellDefect.OK), CellDefect.STUCK_AP)  # codes outside 0-4
+    return float(np.float32({CellDefect.OK: 0.0, CellDefect.SHORT: dev.g_short_s,
+                             CellDefect.OPEN: 0.0, CellDefect.STUCK_P: stuck_p,
+                             CellDefect.STUCK_AP: stuck_ap}[nearest]))
 
 
 def test_defect_conductance_uses_resistance_of_shorts_and_opens_only() -> None:
