@@ -72,6 +72,9 @@ def test_readout_follows_the_rule_it_states() -> None:
     out, reliable = common_mode_readout(diff, excess, active, tol)
     assert torch.equal(out, want)
     assert torch.equal(reliable, ~(flagged & (plus_ok == minus_ok)))
+    out_last, reliable_last = common_mode_readout(diff, excess, active, tol, output_layer=True)
+    assert torch.equal(out_last, torch.where(reliable, want, diff))  # output layer: ambiguous
+    assert torch.equal(reliable_last, reliable)                       # pairs keep diff
     assert (flagged & (diff == 0)).any() and (excess.abs() == tol).any()
     assert ((d_plus.abs() == lim) | (d_minus.abs() == lim)).any()
 
