@@ -185,14 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         p = (evaluate_on_dies(w, xt, yt, lay, truth, method_net, base_err)
              if truth is not None else None)
         results[method] = (e, p)
-    sens_base = loss_distribution(sol.baseline.weights, xt, yt, sol.layout, sol.stats, net,
-                                  seed=seed)
     plain_layout, plain_net = as_method("unaware", sol.layout, net)
     assert isinstance(plain_layout, ArrayLayout)
-    sens_plain = loss_distribution(sol.baseline.weights, xt, yt, plain_layout, sol.stats,
-                                   plain_net, seed=seed)
-    sens_sat = loss_distribution(sol.sat.weights, xt, yt, sol.layout, sol.stats, net,
-                                 seed=seed)
+    sens_plain, sens_base, sens_sat = (
+        loss_distribution(w, xt, yt, lay, sol.stats, n, seed=seed)
+        for w, lay, n in ((sol.baseline.weights, plain_layout, plain_net),
+                          (sol.baseline.weights, sol.layout, net),
+                          (sol.sat.weights, sol.layout, net)))
     sp = speed(sol, data, cfg, seed)
     abl = ablation(sol, data, cfg, seed) if args.ablation else []
     total_s = time.perf_counter() - t_start

@@ -23,7 +23,7 @@ def encode_block(payload: bytes | bytearray | memoryview) -> bytes:
     view = memoryview(payload)
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
-    return _framed(view, view.nbytes, b"", b"")
+    return _framed(view, b"", b"")
 
 
 def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes = b"",
@@ -32,12 +32,12 @@ def encode_array(array: ArrayLike, dtype: DTypeLike | None = None, prefix: bytes
     between `prefix` and `suffix`."""
     arr = np.asarray(array)
     arr = np.ascontiguousarray(arr, dtype=_little_endian(arr.dtype if dtype is None else dtype))
-    return _framed(arr, arr.nbytes, prefix, suffix)
+    return _framed(arr, prefix, suffix)
 
 
-def _framed(payload: memoryview | np.ndarray, nbytes: int, prefix: bytes, suffix: bytes
-            ) -> bytes:
+def _framed(payload: memoryview | np.ndarray, prefix: bytes, suffix: bytes) -> bytes:
     """``<prefix>#<n><len><payload><suffix>`` in one copy; `payload` is C-contiguous."""
+    nbytes = payload.nbytes
     length = b"%d" % nbytes
     if len(length) > _MAX_DIGITS:
         raise BlockError(f"payload of {nbytes} bytes does not fit a definite-length block")

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.crossbar import AP, P
 from training.defects import CellDefect
 
 from .config import MeasurementConfig
-from .programming import AP, P, program_verified, read_array
+from .programming import program_verified, read_array
 from .station import Station
 
 _SHORT, _P, _AP, _OPEN = 0, 1, 2, 3

@@ -51,8 +51,9 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
 
     with RunStore(store_path) as store, Station(config) as station:
         run_id = start_run(store, station, config, "demo", {"training": seed})
-        with bar("sweep", quiet, len(planned_dies(station))) as dies:
-            sweep(station, store, run_id, progress=lambda d, m: dies.update(1))
+        planned = planned_dies(station)
+        with bar("sweep", quiet, len(planned)) as dies:
+            sweep(station, store, run_id, progress=lambda d, m: dies.update(1), dies=planned)
         timing["sweep"] = time.perf_counter() - t0
         measured = load_measurements(store, run_id)
         device = measured.device_model()

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .store import RunStore, StoreError
-from .sweep import MEASURING_KINDS
+from .store import MEASURING_KINDS, RunStore, StoreError
 
 
 def export_store(store_path: str | Path, out: str | Path | None, fmt: str,

@@ -331,11 +331,13 @@ def run_measure(ctx: JobContext, job: MeasureJob) -> Outcome:
 
 
 def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
-    from .programming import SKIP, program_verified
+    from drivers.crossbar import KEEP
+
+    from .programming import program_verified
 
     with _overridden(ctx.station, job), _at_die(ctx, job.die, "programming"):
         r = program_verified(ctx.station, job.targets.astype(np.uint8))
-    addressed = job.targets != SKIP
+    addressed = job.targets != KEEP
     return Outcome({"die": list(job.die), "pulses": r.pulses, "final_pulse_v": r.final_pulse_v,
                     "fidelity": r.fidelity(addressed)},
                    {"readback_ohm": r.readback_ohm, "verified": r.verified})
@@ -369,7 +371,8 @@ def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
         ctx.note(run_id=run_id)
         if job.resume_run:
             store.set_status(run_id, "running")
-        total = len(planned_dies(st))
+        planned = planned_dies(st)
+        total = len(planned)
         done = [0]
 
         def progress(die: DieIndex, _m: object) -> None:
@@ -378,7 +381,8 @@ def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
 
         ctx.progress(0, total, "starting")
         try:
-            measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress)
+            measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress,
+                             dies=planned)
         except SweepInterrupted as err:
             store.set_status(run_id, "interrupted", str(err))
             raise StopRequestedError(f"{err} (run {run_id})") from err

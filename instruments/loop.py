@@ -13,15 +13,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from drivers.crossbar import KEEP
 from drivers.prober import DieIndex
 from training.defects import CellDefect, DefectMap
 from training.mapping import ArrayLayout, DeviceModel
 
 from .config import parse_station
-from .programming import SKIP, program_verified
+from .programming import program_verified
 from .station import Station
-from .store import RunStore, StoreError, die_key, parse_die_key
-from .sweep import MEASURING_KINDS
+from .store import MEASURING_KINDS, RunStore, StoreError, die_key, parse_die_key
 
 
 @dataclass
@@ -120,7 +120,7 @@ def program_and_infer(station: Station, die: DieIndex, weights: list[torch.Tenso
                                                           lambda: station.tester.infer(rows)))
     emulated = layout.infer(x, emulated_currents(result.readback_ohm,
                                                  station.config.measurement.read_voltage_v))
-    used = states != SKIP
+    used = states != KEEP
     if known_defects is not None:
         used &= ~known_defects
     return DieInference(

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.crossbar import check_targets
+from drivers.crossbar import KEEP, check_targets
 
 from .config import MeasurementConfig
 from .station import Station, is_transient
-
-P, AP, SKIP = 0, 1, 2
 
 
 @dataclass
@@ -57,10 +55,10 @@ def program_verified(station: Station, targets: np.ndarray,
     targets = check_targets(targets, station.tester.shape)  # before anything is sent
     if give_up is not None and np.shape(give_up) != targets.shape:
         raise ValueError(f"give_up must have shape {targets.shape}, got {np.shape(give_up)}")
-    addressed = targets != SKIP
+    addressed = targets != KEEP
     pending = targets.copy()
     if give_up is not None:
-        pending[give_up] = SKIP
+        pending[give_up] = KEEP
     readback = None
     verified = np.zeros(targets.shape, dtype=bool)
     pulse_v = m.pulse_v
@@ -78,10 +76,10 @@ def program_verified(station: Station, targets: np.ndarray,
         rounds += 1
         readback = read_array(station)
         verified = addressed & (states_from_resistance(readback, m) == targets)
-        pending = np.where(addressed & ~verified, targets, SKIP).astype(np.uint8)
+        pending = np.where(addressed & ~verified, targets, KEEP).astype(np.uint8)
         if give_up is not None:
-            pending[give_up] = SKIP
-        if not (pending != SKIP).any():
+            pending[give_up] = KEEP
+        if not (pending != KEEP).any():
             break
     station.set_pulse(m.pulse_v)
     assert readback is not None

@@ -25,8 +25,6 @@ from .station import Station
 from .store import RunStore, die_key
 
 SWEEP_KIND = "sweep"
-#: run kinds whose dies carry measured defect maps (a demo run sweeps first)
-MEASURING_KINDS = (SWEEP_KIND, "demo")
 
 
 class SweepInterrupted(RuntimeError):
@@ -102,12 +100,16 @@ ProgressFn = Callable[[DieIndex, DieMeasurement | None], None]
 
 
 def sweep(station: Station, store: RunStore, run_id: int, *,
-          stop: StopFlag | None = None, progress: ProgressFn | None = None) -> list[DieIndex]:
-    """Measure every planned die not yet done in `run_id`; returns the dies measured now."""
+          stop: StopFlag | None = None, progress: ProgressFn | None = None,
+          dies: list[DieIndex] | None = None) -> list[DieIndex]:
+    """Measure every planned die not yet done in `run_id`; returns the dies measured now.
+
+    dies: the planned dies if the caller already read them (`planned_dies`), else read here.
+    """
     stop = stop or StopFlag()
     done = set(store.dies_done(run_id))
     measured: list[DieIndex] = []
-    for die in planned_dies(station):
+    for die in planned_dies(station) if dies is None else dies:
         key = die_key(die)
         if key in done:
             if progress:

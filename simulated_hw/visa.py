@@ -229,8 +229,8 @@ class WaferVisaLibrary(SimVisaLibrary):
         return result
 
 
-def _join(header: str, args: bytes | memoryview) -> str:
-    return f"{header} {bytes(args).decode('ascii', 'replace')}".strip()
+def _join(header: str, args: bytes) -> str:
+    return f"{header} {args.decode('ascii', 'replace')}".strip()
 
 
 def _text_reply(reply: str | None) -> bytes | None:

@@ -185,7 +185,12 @@ def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tenso
     for i in range(0, len(x), chunk):
         scores = net(x[i:i + chunk], cells)
         wrong = wrong + (scores.argmax(dim=-1) != y[i:i + chunk]).sum(dim=-1)
-    return (100.0 * wrong.double() / len(x)).numpy()
+    return _percent(wrong, len(x))
+
+
+def _percent(wrong: torch.Tensor, n: int) -> np.ndarray:
+    """Misclassified counts per die as percent of n samples."""
+    return (100.0 * wrong.double() / n).numpy()
 
 
 def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -206,8 +211,7 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
         return DieErrors(error_rates(weights, x, y, net_config, dies_layers(layout, cells)),
                          baseline_pct)
     scores = _deviation_scores(weights, x, devs, net_config)
-    wrong = (scores.argmax(dim=-1) != y).sum(dim=-1)
-    return DieErrors((100.0 * wrong.double() / len(x)).numpy(), baseline_pct)
+    return DieErrors(_percent((scores.argmax(dim=-1) != y).sum(dim=-1), len(x)), baseline_pct)
 
 
 def software_error(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor,

@@ -807,9 +807,15 @@ def dies_layers(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells
     """What each layer sees on D dies, with one layout for all or one per die."""
     if isinstance(layout, ArrayLayout):
         return layout.layer_cells(cells)
-    if len(layout) != cells.n:
-        raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
-    return stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in enumerate(layout)])
+    return stack_layer_cells([lo.layer_cells(cells[i]) for i, lo in _per_die(layout, cells)])
+
+
+def _per_die(layouts: Sequence[ArrayLayout], cells: ArrayCells
+             ) -> list[tuple[int, ArrayLayout]]:
+    """(die index, layout) pairs of one layout per die; raises if the counts differ."""
+    if len(layouts) != cells.n:
+        raise ValueError(f"{len(layouts)} layouts for {cells.n} dies")
+    return list(enumerate(layouts))
 
 
 def dies_deviations(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells
@@ -818,9 +824,7 @@ def dies_deviations(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCel
     (None when the deviations are too dense for the sparse path)."""
     if isinstance(layout, ArrayLayout):
         return layout.sparse_deviations(cells)
-    if len(layout) != cells.n:
-        raise ValueError(f"{len(layout)} layouts for {cells.n} dies")
-    per_die = [lo.sparse_deviations(cells[i]) for i, lo in enumerate(layout)]
+    per_die = [lo.sparse_deviations(cells[i]) for i, lo in _per_die(layout, cells)]
     if any(d is None for d in per_die):
         return None
     out = []
