@@ -13,7 +13,7 @@ network's read-out. Speed ratios are min-of-repeats epoch
 times measured back to back. Last line: RESULT ... (see the issue).
 
 Usage: python benchmarks/bench_paper.py [--data-dir DIR] [--seed N] [--ablation]
-       [--readout diff|common_mode] [--hidden N] [--copies N]
+       [--readout diff|common_mode] [--hidden N] [--copies N] [--output-reads N]
 """
 
 from __future__ import annotations
@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="pair read-out of every method (default: ExperimentConfig's)")
     ap.add_argument("--hidden", type=int, default=None, help="hidden neurons")
     ap.add_argument("--copies", type=int, default=None, help="output copies")
+    ap.add_argument("--output-reads", type=int, default=None,
+                    help="chip reads of the output layer (common-mode read-out)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -173,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         net_upd["sizes"] = (cfg.network.sizes[0], args.hidden, cfg.network.sizes[-1])
     if args.copies:
         net_upd["output_copies"] = args.copies
-    cfg = cfg.model_copy(update={"network": cfg.network.model_copy(update=net_upd)})
+    if args.output_reads:
+        net_upd["output_reads"] = args.output_reads
+    network = type(cfg.network).model_validate({**cfg.network.model_dump(), **net_upd})
+    cfg = cfg.model_copy(update={"network": network})
     sol = train_all(data, maps, device, cfg, seed)
     net, xt, yt, base_err = sol.net_config, data.x_test, data.y_test, sol.baseline_error_pct
 
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# bench_paper: data={args.data_dir or 'sklearn-digits'} seed={seed} "
           f"dies={wafer.n_dies} threads={args.threads} network={net.sizes} "
-          f"copies={net.output_copies} readout={net.readout} "
+          f"copies={net.output_copies} readout={net.readout} output_reads={net.output_reads} "
           f"hat_placement={cfg.hat_placement}")
     st = sol.stats
     print(f"# wafer defect rate mean {st.mean_total_rate * 100:.2f} %, shorts "

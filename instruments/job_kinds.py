@@ -165,15 +165,17 @@ class InferJob(_Job):
         (100, 90, 10), min_length=2, max_length=8, description="network layer sizes")
     output_copies: int = Field(1, ge=1, le=64, description="copies of each output neuron")
     readout: Literal["diff", "common_mode"] = Field("diff", description="pair read-out")
+    output_reads: int = Field(1, ge=1, le=64, description="chip reads of the output layer "
+                              "per input (common_mode only)")
 
     def layout(self, rows: int, cols: int) -> ArrayLayout:
         """`ArrayLayout.default` of this network on a rows x cols array (same defaults;
         ValueError if it does not fit). The experiment's network is sizes (100, 70, 10),
-        output_copies 3, readout "common_mode"."""
+        output_copies 3, readout "common_mode", output_reads 4."""
         from training.mapping import ArrayLayout
 
         return ArrayLayout.default(self.sizes, rows, cols, self.output_copies,
-                                   readout=self.readout)
+                                   readout=self.readout, output_reads=self.output_reads)
 
 
 class TrainJob(_Job):

@@ -17,6 +17,9 @@ from .mapping import (
     common_mode_readout,
     dies_deviations,
     dies_layers,
+    merge_reads,
+    per_read,
+    read_masks,
     readout_correction,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
@@ -104,8 +107,9 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
 
     The ideal products are computed once. Per die, only the hidden neurons that carry a
     defect are recomputed (a sparse product, read out as the network does); the activations
-    that flip are scattered into the die's scores; output-layer defects add their row's
-    activation and, with the common-mode read-out, the outputs they touch are read out again.
+    that flip are scattered into the die's scores (each output read's part on its own, as
+    a column of its own: `per_read`); output-layer defects add their row's activation and,
+    with the common-mode read-out, the parts they touch are read out again.
     No dense (dies, samples, hidden) tensor is built. Exact: equals the dense forward pass
     (conductances are quantized, `mapping.QUANTUM_UNITS`).
     """
@@ -113,17 +117,22 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     n_dies, n, hid = d1.n, x.shape[0], d1.n_out
     common = net_config.readout == "common_mode"
     tol = net_config.readout_tol
+    reads = net_config.output_reads if common else 1
     w1, w2 = (torch.as_tensor(w, dtype=torch.float32) for w in weights)
     w1, w2 = (w[0] if w.ndim == 3 else w for w in (w1, w2))
     s1, s2 = (w1 > 0).float(), (w2 > 0).float()
     xt = x.T.contiguous()  # (n_in, N)
-    wt2 = (2 * s2 - 1).contiguous()  # (H, C_phys)
+    c_phys = s2.shape[1]
+    # The output layer's reads as virtual columns (read, c) of (H, reads * C) (`per_read`);
+    # with one read this is the layer itself.
+    read_of = torch.arange(hid) % reads
+    pm2 = 2 * s2 - 1  # (H, C) weights +-1
+    n_out2 = reads * c_phys
     z1 = (2 * s1 - 1).T @ xt  # (H, N) ideal
     h1 = z1 > 0
-    c_phys = wt2.shape[1]
-    scores = (h1.T.float() @ wt2).expand(n_dies, -1, -1).contiguous()  # (D, N, C_phys)
-    # layer-2 inputs that are on, per die and sample (the read-out's n)
-    active = h1.sum(dim=0).float().expand(n_dies, -1).contiguous()  # (D, N)
+    scores = (h1.T.float() @ per_read(pm2, reads)).expand(n_dies, -1, -1).contiguous()
+    # the output layer's inputs that are on, per die, read and sample (the read-out's n)
+    active = (read_masks(hid, reads).T @ h1.float()).expand(n_dies, -1, -1).contiguous()
     # layer 1: neurons (die, j) with defects, recomputed from the ideal plus a sparse product
     keys, inv = torch.unique(d1.die * hid + d1.col, return_inverse=True)  # sorted
     h_aff = None
@@ -142,12 +151,14 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
         fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
         if fu.numel():
             sign = h_aff[fu, fn].float() * 2 - 1
-            at = (keys[fu] // hid) * n + fn  # (die, sample) of each flip
-            flips = torch.sparse_coo_tensor(torch.stack([at, jj[fu]]), sign, (n_dies * n, hid),
-                                            check_invariants=False)
-            scores.view(n_dies * n, c_phys).add_(torch.sparse.mm(flips, wt2))
-            active.view(-1).index_add_(0, at, sign)
-    reliable = torch.ones(scores.shape, dtype=torch.bool) if common else None
+            die_f, j_f = keys[fu] // hid, jj[fu]
+            # each flip adds +-its weights to its read's part of the scores (integers: exact
+            # in any order; cheaper than a sparse product, which densifies its operand)
+            scores.view(-1, c_phys).index_add_(0, (die_f * n + fn) * reads + read_of[j_f],
+                                               sign[:, None] * pm2[j_f])
+            active.view(-1).index_add_(0, (die_f * reads + read_of[j_f]) * n + fn, sign)
+    # unreliable reads per (die, output) and sample (common mode): (D * C, N)
+    unreliable = torch.zeros(n_dies * c_phys, n) if common else None
     if d2.die.numel():
         # each defect adds (da + s db) x its row's activation on that die
         src = h1.index_select(0, d2.row).float()  # (nnz2, N)
@@ -157,20 +168,25 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             hit = keys[pos] == key2
             src[hit] = h_aff[pos[hit]].float()
         s_at = s2[d2.row, d2.col]
-        keys2, inv2 = torch.unique(d2.die * c_phys + d2.col, return_inverse=True)
+        keys2, inv2 = torch.unique(d2.die * n_out2 + read_of[d2.row] * c_phys + d2.col,
+                                   return_inverse=True)
         extra = torch.zeros(keys2.numel(), n).index_add_(0, inv2, src * (d2.da + s_at * d2.db)
                                                          [:, None])
-        die2, col2 = keys2 // c_phys, keys2 % c_phys
+        die2, col2 = keys2 // n_out2, keys2 % n_out2
         out = scores[die2, :, col2] + extra  # (U2, N)
         if common:
             terms = d2.dc + s_at * d2.de
             flag, sub, w = _may_flag(inv2, terms, keys2.numel(), tol)
             excess = torch.zeros(flag.numel(), n).index_add_(0, sub, src[w] * terms[w][:, None])
-            out[flag], ok = common_mode_readout(out[flag], excess, active[die2[flag]], tol,
+            df, cf = die2[flag], col2[flag]
+            out[flag], ok = common_mode_readout(out[flag], excess, active[df, cf // c_phys], tol,
                                                 output_layer=True)
-            assert reliable is not None
-            reliable[die2[flag], :, col2[flag]] = ok
+            assert unreliable is not None
+            unreliable.index_add_(0, df * c_phys + cf % c_phys, (~ok).float())
         scores[die2, :, col2] = out
+    scores = merge_reads(scores.unflatten(-1, (reads, c_phys)), None)[0]
+    reliable = (None if unreliable is None
+                else (unreliable == 0).view(n_dies, c_phys, n).transpose(1, 2))
     return combine_copies(scores, net_config.output_copies, net_config.copy_combine, reliable)
 
 
@@ -203,7 +219,7 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
     take the sparse path, whose cost grows with the number of defects rather than of dies;
     anything else runs the network's dense forward pass. Both give the same result.
     """
-    check_readout(layout, net_config.readout, net_config.readout_tol)
+    check_readout(layout, net_config)
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
     devs = dies_deviations(layout, cells) if shared and len(weights) == 2 else None

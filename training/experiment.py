@@ -55,11 +55,13 @@ def as_method(method: str, layout: ArrayLayout | Sequence[ArrayLayout], net: Net
     if method != "unaware":
         return (layout if isinstance(layout, ArrayLayout) else list(layout)), net
 
+    plain_readout = {"readout": PLAIN_READOUT, "output_reads": 1}
+
     def plain(lo: ArrayLayout) -> ArrayLayout:
-        return replace(lo, readout=PLAIN_READOUT)
+        return replace(lo, **plain_readout)  # type: ignore[arg-type]
 
     lay = plain(layout) if isinstance(layout, ArrayLayout) else [plain(lo) for lo in layout]
-    return lay, net.model_copy(update={"readout": PLAIN_READOUT})
+    return lay, net.model_copy(update=plain_readout)
 
 
 class ExperimentConfig(BaseModel):
@@ -72,7 +74,8 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     network: NetworkConfig = Field(default_factory=lambda: NetworkConfig(
-        sizes=(100, 70, 10), output_copies=3, copy_combine="mean", readout="common_mode"))
+        sizes=(100, 70, 10), output_copies=3, copy_combine="mean", readout="common_mode",
+        output_reads=4))
     baseline: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=30, noise_std=0.1))
     hat: TrainConfig = Field(
@@ -175,7 +178,8 @@ def prepare(maps: Sequence[DefectMap], device: DeviceModel,
     net = config.network
     rows, cols = maps[0].shape
     layout = ArrayLayout.default(net.sizes, rows, cols, net.output_copies, net.copy_combine,
-                                 device, readout=net.readout, readout_tol=net.readout_tol)
+                                 device, readout=net.readout, readout_tol=net.readout_tol,
+                                 output_reads=net.output_reads)
     return Setup(DefectStatistics.fit(maps), layout, cells_from_defect_maps(maps, device))
 
 

@@ -18,15 +18,20 @@ swing u = G_P - G_AP, so a healthy w = +1 pair contributes +1 and a short about 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from .defects import CellDefect, DefectMap, SparseDefects
+
+if TYPE_CHECKING:
+    from .network import NetworkConfig
 
 P_STATE, AP_STATE, UNTOUCHED = 0, 1, 2
 
@@ -249,7 +254,9 @@ class ArrayLayout:
     The last layer has `output_copies` copies of each class (output index copy * n_classes + k);
     class scores combine the copies (`copy_combine`: "mean" or "median"). `readout`: "diff"
     (I_plus - I_minus) or "common_mode" (`common_mode_readout`, threshold `readout_tol` weight
-    units), the same read-out the training forward pass applies.
+    units), the same read-out the training forward pass applies. `output_reads` (common-mode
+    only): the last layer's inputs are driven in that many chip reads (`split_reads`), each
+    checked on its own and the outputs added, so a check sees fewer defects at once.
     """
 
     rows: int
@@ -260,6 +267,7 @@ class ArrayLayout:
     device: DeviceModel = field(default_factory=DeviceModel)
     readout: str = "diff"
     readout_tol: float = 4.0
+    output_reads: int = 1
 
     def __post_init__(self) -> None:
         used = np.zeros((self.rows, self.cols), dtype=np.int32)
@@ -287,13 +295,15 @@ class ArrayLayout:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.layers[-1].n_out % self.output_copies:
             raise ValueError("last layer outputs are not a multiple of output_copies")
+        check_output_reads(self.output_reads, self.readout, self.layers[-1].n_in)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
     def default(cls, sizes: Sequence[int] = (100, 90, 10), rows: int = 100, cols: int = 200,
                 output_copies: int = 1, copy_combine: str = "mean",
                 device: DeviceModel | None = None, row_replicas: Sequence[int] | None = None,
-                readout: str = "diff", readout_tol: float = 4.0) -> ArrayLayout:
+                readout: str = "diff", readout_tol: float = 4.0, output_reads: int = 1
+                ) -> ArrayLayout:
         """Layers side by side from column 0, each on rows 0..n_in-1, pairs (2j, 2j+1).
 
         For (100, 90, 10) on 100 x 200: layer 1 on rows 0-99, cols 0-179; layer 2 on rows 0-89,
@@ -320,7 +330,7 @@ class ArrayLayout:
             layers.append(LayerPlacement(rows_, plus, plus + 1))
             c0 += 2 * n_out
         return cls(rows, cols, tuple(layers), output_copies, copy_combine,
-                   device or DeviceModel(), readout, readout_tol)
+                   device or DeviceModel(), readout, readout_tol, output_reads)
 
     def with_layers(self, layers: Sequence[LayerPlacement]) -> ArrayLayout:
         """A copy with other placements (e.g. from defect-aware placement)."""
@@ -379,12 +389,18 @@ class ArrayLayout:
         return states
 
     # ---- running the chip -----------------------------------------------------------------
+    def reads(self, layer: int) -> int:
+        """Chip reads per input vector of `layer` (`output_reads` for the last, else 1)."""
+        return self.output_reads if layer == len(self.layers) - 1 else 1
+
     def row_inputs(self, layer: int, x: np.ndarray) -> np.ndarray:
-        """Row pattern (n, rows) uint8 that applies the layer's binary inputs x (n, n_in)."""
+        """Row patterns (n * reads, rows) uint8 that apply the layer's binary inputs x (n, n_in):
+        one per chip read (`reads`; sample i's reads are rows i * reads ..)."""
         lp = self.layers[layer]
         x = np.atleast_2d(np.asarray(x))
         if x.shape[1] != lp.n_in:
             raise ValueError(f"layer {layer} takes {lp.n_in} inputs, got shape {x.shape}")
+        x = self._read_inputs(layer, x)
         out = np.zeros((x.shape[0], self.rows), dtype=np.uint8)
         for t in range(lp.replicas):
             out[:, lp.rows[:, t]] = (x > 0).astype(np.uint8)
@@ -397,10 +413,19 @@ class ArrayLayout:
         checked and repaired by `common_mode_readout`."""
         return self.checked_outputs(layer, currents, x)[0]
 
+    def _read_inputs(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """x (n, n_in) -> the inputs of each chip read (n * reads, n_in)."""
+        reads = self.reads(layer)
+        if reads == 1:
+            return x
+        return split_reads(torch.as_tensor(x), reads).flatten(0, 1).numpy()
+
     def checked_outputs(self, layer: int, currents: np.ndarray, x: np.ndarray | None = None
                         ) -> tuple[np.ndarray, np.ndarray]:
-        """`layer_outputs` and which of them the read-out trusts (bool (n, n_out))."""
-        lp = self.layers[layer]
+        """`layer_outputs` and which of them the read-out trusts (bool (n, n_out)).
+
+        currents: (n * reads, cols), the chip's reply to `row_inputs(layer, x)`."""
+        lp, reads = self.layers[layer], self.reads(layer)
         i = np.atleast_2d(np.asarray(currents, dtype=np.float64))
         if i.shape[1] != self.cols:
             raise ValueError(f"expected currents of all {self.cols} columns, got shape {i.shape}")
@@ -409,15 +434,19 @@ class ArrayLayout:
             return diff, np.ones(diff.shape, dtype=bool)
         if x is None:
             raise ValueError("the common-mode read-out needs the layer's inputs x")
+        x = self._read_inputs(layer, np.atleast_2d(x))
+        if x.shape[0] != i.shape[0]:
+            raise ValueError(f"{i.shape[0]} current vectors for {x.shape[0]} reads of layer "
+                             f"{layer} ({reads} per input)")
         dev = self.device
         unit = dev.v_read_v * dev.unit_s * lp.replicas  # amperes per weight unit
-        active = torch.as_tensor((np.atleast_2d(x) > 0).sum(axis=1, keepdims=True),
-                                 dtype=torch.float64)
+        active = torch.as_tensor((x > 0).sum(axis=1, keepdims=True), dtype=torch.float64)
         excess = (i[:, lp.plus_cols] + i[:, lp.minus_cols]) / unit - active.numpy() * (
             dev.g_p_s + dev.g_ap_s) / dev.unit_s
         out, ok = common_mode_readout(torch.as_tensor(diff / unit), torch.as_tensor(excess),
                                       active, self.readout_tol,
                                       output_layer=lp is self.layers[-1])
+        out, ok = merge_reads(out.unflatten(0, (-1, reads)), ok.unflatten(0, (-1, reads)))
         return out.numpy() * unit, ok.numpy()
 
     def class_scores(self, outputs: np.ndarray, reliable: np.ndarray | None = None
@@ -434,8 +463,9 @@ class ArrayLayout:
               ) -> np.ndarray:
         """Predicted classes (n,) of binary inputs x (n, n_in) on a chip.
 
-        column_currents(row_pattern (n, rows) uint8) -> currents (n, cols) runs the chip; hidden
-        activations are binarised (on iff I_plus > I_minus) between layers.
+        column_currents(row_patterns (m, rows) uint8) -> currents (m, cols) runs the chip (m = n,
+        or n * output_reads for the last layer); hidden activations are binarised (on iff
+        I_plus > I_minus) between layers.
         """
         h = np.asarray(x)
         for layer in range(len(self.layers)):
@@ -576,24 +606,66 @@ class LayerCells:
         """
         if self.c is None or self.e is None:
             return None
+        out = self._sparse_excess(h, s, 1)
+        if out is None:  # small, or deviations everywhere (device variation): dense
+            return torch.matmul(h, torch.addcmul(self.c, s, self.e))
+        # contiguous: the read-out's element-wise work costs ~2x on the transposed view
+        return out.transpose(1, 2).contiguous()
+
+    def output_columns(self, h: torch.Tensor, s: torch.Tensor, reads: int
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each read's part of the differential output and of the excess, output-major:
+        (n, reads * n_out, b) each (read r's output j at r * n_out + j), so that single
+        outputs are rows to gather (`network.BinaryNetwork` reads out only the outputs that
+        can be flagged). None if c, e are unset."""
+        if self.c is None or self.e is None:
+            return None
+        ht = h.transpose(-1, -2)
+        diff = torch.matmul(per_read(torch.addcmul(self.a, s, self.b), reads).transpose(-1, -2),
+                            ht)
+        excess = self._sparse_excess(h, s, reads)
+        if excess is None:
+            excess = torch.matmul(
+                per_read(torch.addcmul(self.c, s, self.e), reads).transpose(-1, -2), ht)
+        return diff, excess
+
+    def flaggable(self, reads: int, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cell set, column r * n_out + j) of every output part whose common-mode excess can
+        exceed tol for some weights and inputs (the sum of |c| + |e| over the read's inputs
+        does): the read-out changes no other. Cached."""
+        key = f"_flaggable_{reads}_{tol}"
+        if key not in self.__dict__:
+            assert self.c is not None and self.e is not None
+            mag = (self.c.abs() + self.e.abs()).expand_as(self.a)  # (n, n_in, n_out)
+            bound = torch.matmul(read_masks(self.a.shape[1], reads).T, mag)  # (n, reads, n_out)
+            die, col = (bound.flatten(1) > tol).nonzero(as_tuple=True)
+            object.__setattr__(self, key, (die, col))
+        return self.__dict__[key]  # type: ignore[no-any-return]
+
+    def _sparse_excess(self, h: torch.Tensor, s: torch.Tensor, reads: int
+                       ) -> torch.Tensor | None:
+        """The excess as a sparse product, (n, reads * n_out, b), or None where a dense one is
+        cheaper (small) or the deviations are everywhere (device variation)."""
+        assert self.c is not None and self.e is not None
         n, n_in, n_out = self.a.shape
         dense_macs = h.numel() * n_out * (n if h.ndim == 2 else 1)
         support = self._excess_support() if dense_macs > SPARSE_MIN_MACS else None
-        if support is None:  # small, or deviations everywhere (device variation): dense
-            return torch.matmul(h, torch.addcmul(self.c, s, self.e))
+        if support is None:
+            return None
         die, row, col, cv, ev = support
         s_at = s[die, row, col] if s.ndim == 3 and s.shape[0] > 1 else s.reshape(
             n_in, n_out)[row, col]
+        out_col, width = row % reads * n_out + col, n_out * reads
         if h.ndim == 2:
-            idx, dense = torch.stack([die * n_out + col, row]), h.T
+            idx, dense = torch.stack([die * width + out_col, row]), h.T
         else:
             if h.shape[0] != n:
                 h = h.expand(n, *h.shape[1:])
-            idx = torch.stack([die * n_out + col, die * n_in + row])
+            idx = torch.stack([die * width + out_col, die * n_in + row])
             dense = h.transpose(1, 2).reshape(n * n_in, -1)
-        mat = torch.sparse_coo_tensor(idx, cv + s_at * ev, (n * n_out, dense.shape[0]),
+        mat = torch.sparse_coo_tensor(idx, cv + s_at * ev, (n * width, dense.shape[0]),
                                       check_invariants=False)
-        return torch.sparse.mm(mat, dense.to(cv.dtype)).view(n, n_out, -1).transpose(1, 2)
+        return torch.sparse.mm(mat, dense.to(cv.dtype)).view(n, width, -1)
 
     def _excess_support(self, max_density: float = 0.05) -> tuple[torch.Tensor, ...] | None:
         """(die, row, col, c, e) where c or e is non-zero (quantized: exactly), None if that
@@ -676,6 +748,57 @@ def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.
         correction = readout_correction(diff, excess, tol)
         reliable = readout_reliable(diff, excess, active, tol)
     return diff - correction, reliable
+
+
+def check_output_reads(reads: int, readout: str, n_in: int) -> None:
+    """Raise unless the output layer can be read in `reads` chip reads of `n_in` inputs."""
+    if reads < 1 or reads > n_in:
+        raise ValueError(f"output_reads must be 1..{n_in} (the output layer's inputs), got "
+                         f"{reads}")
+    if reads > 1 and readout != "common_mode":
+        raise ValueError(f"output_reads {reads} only helps the common-mode read-out (plain "
+                         f"differences add up to the same outputs); use output_reads 1 with "
+                         f"readout {readout!r}")
+
+
+@functools.lru_cache(maxsize=16)
+def read_masks(n_in: int, reads: int) -> torch.Tensor:
+    """(n_in, reads) 0/1 float: read r drives the inputs i with i % reads == r (hidden
+    neurons are interchangeable, so which ones share a read is free). Cached: do not modify."""
+    return (torch.arange(n_in)[:, None] % reads == torch.arange(reads)).float()
+
+
+@functools.lru_cache(maxsize=16)
+def _read_rows(n_in: int, reads: int) -> torch.Tensor:
+    """`read_masks` transposed, contiguous (a strided mask makes the broadcast 4-7x slower)."""
+    return read_masks(n_in, reads).T.contiguous()
+
+
+def split_reads(x: torch.Tensor, reads: int) -> torch.Tensor:
+    """(..., n_in) inputs -> (..., reads, n_in): what each chip read drives."""
+    return x.unsqueeze(-2) * _read_rows(x.shape[-1], reads).to(x.dtype)
+
+
+def per_read(w: torch.Tensor, reads: int) -> torch.Tensor:
+    """Weights (..., n_in, n_out) -> (..., n_in, reads * n_out), column (r, j) at r * n_out + j
+    holding input i's weight only if read r drives i: x @ per_read(w) is every read's part of
+    x @ w in one product."""
+    if reads == 1:
+        return w
+    # a contiguous (n_in, reads, 1) mask keeps the product contiguous (no copy to flatten)
+    mask = read_masks(w.shape[-2], reads).to(w.dtype).unsqueeze(-1)
+    return (w.unsqueeze(-2) * mask).flatten(-2)
+
+
+def merge_reads(outputs: torch.Tensor, reliable: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Outputs (..., reads, n_out) of a layer read in parts -> their sum, and reliable (bool)
+    where every read was."""
+    if outputs.shape[-2] == 1:
+        return outputs.squeeze(-2), None if reliable is None else reliable.squeeze(-2)
+    if reliable is not None:  # all() over a middle dim costs ~1.5x the min of its bytes
+        reliable = reliable.view(torch.uint8).amin(dim=-2).view(torch.bool)
+    return outputs.sum(dim=-2), reliable
 
 
 @dataclass(frozen=True)
@@ -793,13 +916,14 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
     return ArrayCells(g_p.view(shape), g_ap.view(shape))
 
 
-def check_readout(layout: ArrayLayout | Sequence[ArrayLayout], readout: str, tol: float
-                  ) -> None:
+def check_readout(layout: ArrayLayout | Sequence[ArrayLayout], net: NetworkConfig) -> None:
     """Raise unless every layout reads its pairs as the network does (one code path)."""
+    want = (net.readout, net.readout_tol, net.output_reads)
     for lo in [layout] if isinstance(layout, ArrayLayout) else layout:
-        if (lo.readout, lo.readout_tol) != (readout, tol):
-            raise ValueError(f"layout read-out {lo.readout!r} (tol {lo.readout_tol}) differs "
-                             f"from the network's {readout!r} (tol {tol})")
+        if (lo.readout, lo.readout_tol, lo.output_reads) != want:
+            raise ValueError(f"layout read-out {lo.readout!r} (tol {lo.readout_tol}, "
+                             f"{lo.output_reads} output reads) differs from the network's "
+                             f"{want[0]!r} (tol {want[1]}, {want[2]} output reads)")
 
 
 def dies_layers(layout: ArrayLayout | Sequence[ArrayLayout], cells: ArrayCells

@@ -17,10 +17,18 @@ import math
 from collections.abc import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from .mapping import LayerCells, output_readout, readout_correction
+from .mapping import (
+    LayerCells,
+    check_output_reads,
+    merge_reads,
+    output_readout,
+    read_masks,
+    readout_correction,
+    split_reads,
+)
 
 
 class NetworkConfig(BaseModel):
@@ -35,7 +43,14 @@ class NetworkConfig(BaseModel):
     readout: str = Field("diff", pattern="^(diff|common_mode)$",
                          description="pair read-out (mapping.common_mode_readout)")
     readout_tol: float = Field(4.0, gt=0, description="common-mode threshold, weight units")
+    output_reads: int = Field(1, ge=1, description="chip reads of the output layer per input "
+                              "(common-mode read-out: each checked alone, outputs added)")
     logit_scale: float = Field(0.25, gt=0, description="softmax logits per weight unit")
+
+    @model_validator(mode="after")
+    def _reads_fit(self) -> NetworkConfig:
+        check_output_reads(self.output_reads, self.readout, self.physical_sizes[-2])
+        return self
 
     @property
     def physical_sizes(self) -> tuple[int, ...]:
@@ -52,6 +67,11 @@ def positive(z: torch.Tensor) -> torch.Tensor:
 def within(z: torch.Tensor, width: float) -> torch.Tensor:
     """1.0 where |z| <= width, else 0.0 (float arithmetic, as `positive`)."""
     return z.abs().neg_().add_(width).sign_().add_(1).clamp_(max=1)
+
+
+#: output-layer values (samples x outputs x reads x cell sets) from which only the outputs
+#: that can be flagged are read out (`BinaryNetwork._correction_rows`)
+ROW_READOUT_MIN = 100_000
 
 
 class _SignSTE(torch.autograd.Function):
@@ -171,33 +191,99 @@ class BinaryNetwork(nn.Module):
         reliable = None
         for i, w in enumerate(self.weights):
             s = binarize(w)
+            last = i == n_layers - 1
+            reads = self.config.output_reads if last and common else 1
             z = torch.matmul(h, 2.0 * s - 1.0) if cells is None else cells[i].differential(h, s)
-            active = h.sum(dim=-1, keepdim=True)
-            if noise_std > 0:  # one draw per data sample, shared by the replicas
-                z = z + noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
-                    (*x.shape[:-1], z.shape[-1]), generator=generator)
+            # active inputs of each chip read, (..., b, reads, 1): no gradient (the noise's
+            # scale and the read-out's limit are not functions to train through)
+            hd = h.detach()
+            active = (hd.sum(dim=-1, keepdim=True) if reads == 1
+                      else hd @ read_masks(h.shape[-1], reads)).unsqueeze(-1)
+            noise = None
+            if noise_std > 0:  # one draw per data sample (and read), shared by the replicas
+                noise = noise_std * active.clamp_min(1.0).sqrt() * torch.randn(
+                    (*x.shape[:-1], reads, z.shape[-1]), generator=generator)
+                z = z + (noise.squeeze(-2) if reads == 1 else noise.sum(dim=-2))
             if common:
-                z, reliable = self._read_out(z, h, s, cells[i], active, i == n_layers - 1)
-            if i < n_layers - 1:
+                z, reliable = self._read_out(z, hd, s, cells[i], active, noise, last, reads)
+            if not last:
                 h = step(z, self.config.ste_window * math.sqrt(w.shape[1]))
         return combine_copies(z, self.config.output_copies, self.config.copy_combine,
                               reliable)
 
     def _read_out(self, diff: torch.Tensor, h: torch.Tensor, s: torch.Tensor,
-                  cells: LayerCells, active: torch.Tensor, last: bool
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  cells: LayerCells, active: torch.Tensor, noise: torch.Tensor | None,
+                  last: bool, reads: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The common-mode read-out of one layer (and, for the last, which outputs it trusts).
-        Its repair is a constant offset for the gradient (straight through): the excess
-        carries no gradient (and no training noise: the threshold absorbs read noise), only
-        diff does."""
+
+        With reads > 1 (the output layer driven in parts, `split_reads`) each read is checked
+        on its own (its part of diff, with its share of the training noise) and the
+        corrections add up. The repair is a constant offset for the gradient (straight
+        through): the excess carries no gradient (and no training noise: the threshold
+        absorbs read noise), only diff does."""
         with torch.no_grad():
-            excess = cells.excess(h.detach(), s.detach())
-            if excess is None:
-                return diff, None
-            d, tol = diff.detach(), self.config.readout_tol
-            reliable = None
-            if last:
-                correction, reliable = output_readout(d, excess, active, tol)
-            else:
-                correction = readout_correction(d, excess, tol)
-        return diff - correction, reliable
+            s = s.detach()
+            out = None
+            if last and reads * diff.numel() >= ROW_READOUT_MIN:
+                out = self._correction_rows(diff, h, s, cells, active, noise, reads)
+            if out is None:
+                out = self._correction(diff.detach(), h, s, cells, active, noise, last, reads)
+        if out is None:
+            return diff, None
+        return diff - out[0], out[1]
+
+    def _correction(self, diff: torch.Tensor, h: torch.Tensor, s: torch.Tensor,
+                    cells: LayerCells, active: torch.Tensor, noise: torch.Tensor | None,
+                    last: bool, reads: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """What the read-out subtracts from diff, and (last layer) which outputs it trusts;
+        None if the cells carry no common mode."""
+        flat = h if reads == 1 else split_reads(h, reads).flatten(-3, -2)  # a row per read
+        excess = cells.excess(flat, s)
+        if excess is None:
+            return None
+        excess = excess.unflatten(-2, (-1, reads))
+        if reads == 1:
+            d = diff.unsqueeze(-2)
+        else:
+            d = cells.differential(flat, s).unflatten(-2, (-1, reads))
+            if noise is not None:
+                d = d + noise
+        tol = self.config.readout_tol
+        reliable = None
+        if last:
+            correction, reliable = output_readout(d, excess, active, tol)
+        else:
+            correction = readout_correction(d, excess, tol)
+        return merge_reads(correction, reliable)
+
+    def _correction_rows(self, diff: torch.Tensor, h: torch.Tensor, s: torch.Tensor,
+                         cells: LayerCells, active: torch.Tensor, noise: torch.Tensor | None,
+                         reads: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`_correction` of the output layer for large batches (HAT's dies): the same rule, applied
+        only to the output parts that can be flagged (`LayerCells.flaggable`, gathered as
+        rows) instead of element-wise passes over every part (memory-bound on CPU). Equal to
+        the dense path; None where it does not apply (c, e unset; cell sets neither one nor
+        one per replica)."""
+        lead, b, n_out = diff.shape
+        columns = cells.output_columns(h, s, reads)
+        if columns is None or cells.n not in (1, lead):
+            return None
+        die, col = cells.flaggable(reads, self.config.readout_tol)
+        if cells.n != lead:  # one cell set for every replica
+            die, col = torch.arange(lead).repeat_interleave(die.numel()), col.repeat(lead)
+        read, j = col // n_out, col % n_out
+        zero = torch.zeros_like(die)
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # t's leading dim is 1 or lead
+            return die if t.shape[0] == lead else zero
+
+        d, e = (t[rows(t), col] for t in columns)  # (parts, b)
+        if noise is not None:  # (lead or 1, b, reads, n_out)
+            d = d + noise[rows(noise), :, read, j]
+        act = active[rows(active), :, read, 0]
+        correction, reliable = output_readout(d, e, act, self.config.readout_tol)
+        at = die * n_out + j
+        total = torch.zeros(lead * n_out, b).index_add_(0, at, correction)
+        unreliable = torch.zeros(lead * n_out, b).index_add_(0, at, (~reliable).float())
+        return (total.view(lead, n_out, b).transpose(1, 2),
+                (unreliable == 0).view(lead, n_out, b).transpose(1, 2))

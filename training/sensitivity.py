@@ -43,7 +43,7 @@ def loss_distribution(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch
                       n_maps: int = 200, seed: int = 0, batch_maps: int = 25,
                       max_samples: int = 1000) -> LossDistribution:
     """Loss of shared weights on n_maps random maps drawn from stats (same maps for a seed)."""
-    check_readout(layout, net_config.readout, net_config.readout_tol)
+    check_readout(layout, net_config)
     net = BinaryNetwork(net_config)
     net.load_binary([torch.as_tensor(w).reshape(net.weights[i].shape[1:])
                      for i, w in enumerate(weights)])

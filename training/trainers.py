@@ -161,7 +161,7 @@ def train_hat(data: BinaryData, layout: ArrayLayout | Sequence[ArrayLayout], cel
     """
     net_config = net_config or NetworkConfig()
     _check_inputs(data, net_config)
-    check_readout(layout, net_config.readout, net_config.readout_tol)
+    check_readout(layout, net_config)
     layer_cells = dies_layers(layout, cells)
     net = _init_net(net_config, cells.n, seed, init)
     return fit(net, data, config or TrainConfig(), seed, lambda _s, _p: layer_cells,
@@ -176,7 +176,7 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
     net_config = net_config or NetworkConfig()
     config = config or SATConfig()
     _check_inputs(data, net_config)
-    check_readout(layout, net_config.readout, net_config.readout_tol)
+    check_readout(layout, net_config)
     if (stats.rows, stats.cols) != (layout.rows, layout.cols):
         raise ValueError(f"statistics are for a {stats.rows} x {stats.cols} array, the layout "
                          f"is {layout.rows} x {layout.cols}")

@@ -78,10 +78,11 @@ def test_program_then_infer(c: Client) -> None:
     assert arrays["predictions"].shape == (32,)
     assert set(np.unique(arrays["predictions"])) <= set(range(10))
     assert arrays["currents_0"].shape == (32, 200) and arrays["currents_1"].shape == (32, 200)
-    # the experiment's network: 3 output copies, common-mode read-out
+    # the experiment's network: 3 output copies, common-mode read-out in 4 reads
     job, arrays = c.run("infer", die=(1, 1), inputs=x, sizes=[100, 70, 10], output_copies=3,
-                        readout="common_mode", timeout_s=30)
+                        readout="common_mode", output_reads=4, timeout_s=30)
     assert arrays["predictions"].shape == (32,) and job["summary"]["n"] == 32
+    assert arrays["currents_1"].shape == (4 * 32, 200)  # one row per read
 
 
 @pytest.mark.parametrize(("body", "needle"), [
@@ -101,6 +102,8 @@ def test_program_then_infer(c: Client) -> None:
      "(n, 100)"),
     ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
       "output_copies": 3}, "needs 100 rows x 240 columns"),
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
+      "output_reads": 2}, "only helps the common-mode read-out"),
     ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
     ({"kind": "teleport"}, "kind"),
 ])

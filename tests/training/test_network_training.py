@@ -97,12 +97,15 @@ def test_hat_batched_recovers(toy_data: BinaryData) -> None:
     assert per_die.mean() < unaware.mean - 5
 
 
-@pytest.mark.parametrize("readout", ["diff", "common_mode"])
-def test_evaluation_sparse_path_equals_dense_forward(readout: str) -> None:
+@pytest.mark.parametrize(("readout", "reads"), [("diff", 1), ("common_mode", 1),
+                                               ("common_mode", 3)])
+def test_evaluation_sparse_path_equals_dense_forward(readout: str, reads: int) -> None:
     """The sparse evaluation path gives bit-identical class scores to the network's dense
-    forward pass, for one layout and for one layout per die, on dense random defects."""
-    nc = NetworkConfig(sizes=(16, 6, 3), output_copies=2, readout=readout)
-    lay = ArrayLayout.default((16, 6, 3), rows=20, cols=40, output_copies=2, readout=readout)
+    forward pass, for one layout and for one layout per die, on dense random defects (the
+    output layer read whole or in parts)."""
+    nc = NetworkConfig(sizes=(16, 6, 3), output_copies=2, readout=readout, output_reads=reads)
+    lay = ArrayLayout.default((16, 6, 3), rows=20, cols=40, output_copies=2, readout=readout,
+                              output_reads=reads)
     g = torch.Generator().manual_seed(0)
     maps = [random_map(rows=20, cols=40, rate=0.04, seed=s) for s in range(5)]
     for m in maps[:2]:

@@ -87,14 +87,16 @@ def test_combine_copies_leaves_out_unreliable() -> None:
     torch.testing.assert_close(combine_copies(s, 3, "median", ok), torch.tensor([[1.0, 30.0]]))
 
 
-@pytest.mark.parametrize("copies", [1, 3])
-def test_chip_inference_equals_training_forward(copies: int) -> None:
-    """layout.infer on a defective chip's currents gives the forward pass's decisions, and the
-    read-out changes decisions (a test that fails if it were a no-op)."""
+@pytest.mark.parametrize(("copies", "reads"), [(1, 1), (3, 1), (3, 4)])
+def test_chip_inference_equals_training_forward(copies: int, reads: int) -> None:
+    """layout.infer on a defective chip's currents gives the forward pass's decisions (the
+    output layer read whole or in parts), and the read-out changes decisions (a test that
+    fails if it were a no-op)."""
     rng = np.random.default_rng(1)
     sizes = (24, 8, 3)
-    net_cfg = NetworkConfig(sizes=sizes, output_copies=copies, readout="common_mode")
-    lo = ArrayLayout.default(sizes, 24, 40, copies, readout="common_mode")
+    net_cfg = NetworkConfig(sizes=sizes, output_copies=copies, readout="common_mode",
+                            output_reads=reads)
+    lo = ArrayLayout.default(sizes, 24, 40, copies, readout="common_mode", output_reads=reads)
     kinds = np.where(rng.random((24, 40)) < 0.04, rng.integers(1, 5, (24, 40)), 0)
     kinds[rng.random(kinds.shape) < 0.03] = CellDefect.SHORT
     kinds[:, 3] = CellDefect.OPEN  # a dead column
@@ -146,3 +148,72 @@ def test_network_and_layout_must_read_alike() -> None:
     ok = evaluate_on_dies(w, x, y, lo, cells,
                           NetworkConfig(sizes=(6, 4, 3), readout="common_mode"))
     assert ok.per_die.shape == (1,)
+
+
+@pytest.mark.parametrize("reads", [1, 2])
+def test_output_reads_repair_shorts_in_both_columns(reads: int) -> None:
+    """A short in each column of an output pair: read whole, the check cannot tell which
+    column to trust (unreliable, plain difference); in two reads, each sees one short and
+    repairs it exactly."""
+    sizes = (4, 4, 2)
+    lo = ArrayLayout.default(sizes, 4, 16, readout="common_mode", output_reads=reads)
+    kinds = np.zeros((4, 16), np.int8)
+    plus, minus = lo.layers[1].plus_cols[0], lo.layers[1].minus_cols[0]
+    kinds[0, plus] = CellDefect.SHORT  # hidden input 0: read 0
+    kinds[1, minus] = CellDefect.SHORT  # hidden input 1: read 1 (of two)
+    cells = cells_from_kinds(kinds, lo.device)
+    w = [np.ones((4, 4)), np.ones((4, 2))]
+    h = np.ones((1, 4), np.uint8)
+    rows = lo.row_inputs(1, h)
+    assert rows.shape == (reads, 4)
+    out, ok = lo.checked_outputs(1, _programmed_currents(lo, cells, w)(rows), h)
+    unit = lo.device.v_read_v * lo.device.unit_s
+    if reads == 1:
+        assert not ok[0, 0]
+        # plain difference: rows 0 and 1 give (g_short - G_AP) + (G_P - g_short) = 1 unit
+        assert out[0, 0] / unit == pytest.approx(3.0)
+    else:
+        assert ok[0, 0]
+        assert out[0, 0] / unit == pytest.approx(4.0)
+
+
+def test_output_reads_need_the_common_mode_readout() -> None:
+    with pytest.raises(ValueError, match="output_reads 2 only helps the common-mode"):
+        NetworkConfig(sizes=(6, 4, 3), output_reads=2)
+    with pytest.raises(ValueError, match=r"output_reads must be 1\.\.4"):
+        ArrayLayout.default((6, 4, 3), rows=8, cols=16, readout="common_mode", output_reads=5)
+
+
+@pytest.mark.parametrize(("reads", "replicas", "n_cells"), [(1, 3, 3), (3, 3, 3), (3, 3, 1)])
+def test_row_readout_equals_dense(monkeypatch: pytest.MonkeyPatch, reads: int, replicas: int,
+                                  n_cells: int) -> None:
+    """Large batches read out only the output parts that can be flagged, gathered as rows;
+    scores and gradients equal the element-wise path's bit for bit (training noise
+    included), per die or one cell set shared by the replicas."""
+    from training import network
+
+    sizes = (16, 6, 3)
+    nc = NetworkConfig(sizes=sizes, output_copies=2, readout="common_mode", output_reads=reads)
+    lo = ArrayLayout.default(sizes, rows=20, cols=40, output_copies=2, readout="common_mode",
+                             output_reads=reads)
+    maps = [random_map(rows=20, cols=40, rate=0.05, seed=s) for s in range(n_cells)]
+    for m in maps:
+        m.kinds[1:4, 24:36:3] = CellDefect.SHORT  # output pairs, several reads
+    cells = lo.layer_cells(cells_from_defect_maps(maps, lo.device))
+    x = (torch.rand(50, 16, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    taken = []
+    rows_path = network.BinaryNetwork._correction_rows
+    monkeypatch.setattr(network.BinaryNetwork, "_correction_rows",
+                        lambda self, *a: taken.append(rows_path(self, *a)) or taken[-1])
+    results = []
+    for threshold in (10**12, 0):  # element-wise, rows
+        monkeypatch.setattr(network, "ROW_READOUT_MIN", threshold)
+        net = BinaryNetwork(nc, replicas=replicas, seed=2)
+        scores = net(x, cells, noise_std=0.3, generator=torch.Generator().manual_seed(3))
+        scores.square().sum().backward()
+        results.append((scores.detach(), [w.grad for w in net.weights]))
+    (dense, dense_grads), (rows, rows_grads) = results
+    assert torch.equal(dense, rows)
+    assert all(torch.equal(a, b) for a, b in zip(dense_grads, rows_grads, strict=True))
+    assert dense_grads[1].abs().sum() > 0
+    assert taken and all(t is not None for t in taken)
