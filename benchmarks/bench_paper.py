@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     net_upd: dict[str, object] = {}
     if args.readout:
         net_upd["readout"] = args.readout
+        if args.readout == "diff" and not args.output_reads:
+            net_upd["output_reads"] = 1  # the plain difference is read whole
     if args.hidden:
         net_upd["sizes"] = (cfg.network.sizes[0], args.hidden, cfg.network.sizes[-1])
     if args.copies:

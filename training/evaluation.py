@@ -20,6 +20,7 @@ from .mapping import (
     merge_reads,
     per_read,
     read_masks,
+    read_of,
     readout_correction,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
@@ -125,7 +126,7 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     c_phys = s2.shape[1]
     # The output layer's reads as virtual columns (read, c) of (H, reads * C) (`per_read`);
     # with one read this is the layer itself.
-    read_of = torch.arange(hid) % reads
+    read_j = read_of(torch.arange(hid), reads)
     pm2 = 2 * s2 - 1  # (H, C) weights +-1
     n_out2 = reads * c_phys
     z1 = (2 * s1 - 1).T @ xt  # (H, N) ideal
@@ -154,9 +155,9 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             die_f, j_f = keys[fu] // hid, jj[fu]
             # each flip adds +-its weights to its read's part of the scores (integers: exact
             # in any order; cheaper than a sparse product, which densifies its operand)
-            scores.view(-1, c_phys).index_add_(0, (die_f * n + fn) * reads + read_of[j_f],
+            scores.view(-1, c_phys).index_add_(0, (die_f * n + fn) * reads + read_j[j_f],
                                                sign[:, None] * pm2[j_f])
-            active.view(-1).index_add_(0, (die_f * reads + read_of[j_f]) * n + fn, sign)
+            active.view(-1).index_add_(0, (die_f * reads + read_j[j_f]) * n + fn, sign)
     # unreliable reads per (die, output) and sample (common mode): (D * C, N)
     unreliable = torch.zeros(n_dies * c_phys, n) if common else None
     if d2.die.numel():
@@ -168,7 +169,7 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             hit = keys[pos] == key2
             src[hit] = h_aff[pos[hit]].float()
         s_at = s2[d2.row, d2.col]
-        keys2, inv2 = torch.unique(d2.die * n_out2 + read_of[d2.row] * c_phys + d2.col,
+        keys2, inv2 = torch.unique(d2.die * n_out2 + read_j[d2.row] * c_phys + d2.col,
                                    return_inverse=True)
         extra = torch.zeros(keys2.numel(), n).index_add_(0, inv2, src * (d2.da + s_at * d2.db)
                                                          [:, None])

@@ -55,13 +55,11 @@ def as_method(method: str, layout: ArrayLayout | Sequence[ArrayLayout], net: Net
     if method != "unaware":
         return (layout if isinstance(layout, ArrayLayout) else list(layout)), net
 
-    plain_readout = {"readout": PLAIN_READOUT, "output_reads": 1}
-
     def plain(lo: ArrayLayout) -> ArrayLayout:
-        return replace(lo, **plain_readout)  # type: ignore[arg-type]
+        return replace(lo, readout=PLAIN_READOUT, output_reads=1)
 
     lay = plain(layout) if isinstance(layout, ArrayLayout) else [plain(lo) for lo in layout]
-    return lay, net.model_copy(update=plain_readout)
+    return lay, net.model_copy(update={"readout": PLAIN_READOUT, "output_reads": 1})
 
 
 class ExperimentConfig(BaseModel):

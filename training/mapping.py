@@ -408,9 +408,10 @@ class ArrayLayout:
 
     def layer_outputs(self, layer: int, currents: np.ndarray,
                       x: np.ndarray | None = None) -> np.ndarray:
-        """Outputs (n, n_out) in amperes from column currents: I_plus - I_minus, or with the
-        common-mode read-out (needs the layer's binary inputs x (n, n_in)) that difference
-        checked and repaired by `common_mode_readout`."""
+        """Outputs (n, n_out) in amperes from column currents (n * reads, cols), the chip's
+        reply to `row_inputs(layer, x)`: I_plus - I_minus, or with the common-mode read-out
+        (needs the layer's binary inputs x (n, n_in)) that difference checked and repaired by
+        `common_mode_readout`, each read on its own."""
         return self.checked_outputs(layer, currents, x)[0]
 
     def _read_inputs(self, layer: int, x: np.ndarray) -> np.ndarray:
@@ -615,9 +616,10 @@ class LayerCells:
     def output_columns(self, h: torch.Tensor, s: torch.Tensor, reads: int
                        ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Each read's part of the differential output and of the excess, output-major:
-        (n, reads * n_out, b) each (read r's output j at r * n_out + j), so that single
-        outputs are rows to gather (`network.BinaryNetwork` reads out only the outputs that
-        can be flagged). None if c, e are unset."""
+        (k, reads * n_out, b) each, k the broadcast of cell sets, weight replicas and input
+        groups (read r's output j at r * n_out + j), so that single outputs are rows to
+        gather (`network.BinaryNetwork` reads out only the outputs that can be flagged).
+        None if c, e are unset."""
         if self.c is None or self.e is None:
             return None
         ht = h.transpose(-1, -2)
@@ -648,6 +650,9 @@ class LayerCells:
         cheaper (small) or the deviations are everywhere (device variation)."""
         assert self.c is not None and self.e is not None
         n, n_in, n_out = self.a.shape
+        if (h.ndim == 3 and h.shape[0] not in (1, n)) or (s.ndim == 3 and s.shape[0] not in
+                                                          (1, n)):
+            return None  # inputs or weights per replica on shared cells: dense broadcast
         dense_macs = h.numel() * n_out * (n if h.ndim == 2 else 1)
         support = self._excess_support() if dense_macs > SPARSE_MIN_MACS else None
         if support is None:
@@ -655,7 +660,7 @@ class LayerCells:
         die, row, col, cv, ev = support
         s_at = s[die, row, col] if s.ndim == 3 and s.shape[0] > 1 else s.reshape(
             n_in, n_out)[row, col]
-        out_col, width = row % reads * n_out + col, n_out * reads
+        out_col, width = read_of(row, reads) * n_out + col, n_out * reads
         if h.ndim == 2:
             idx, dense = torch.stack([die * width + out_col, row]), h.T
         else:
@@ -761,11 +766,18 @@ def check_output_reads(reads: int, readout: str, n_in: int) -> None:
                          f"readout {readout!r}")
 
 
+def read_of(inputs: torch.Tensor, reads: int) -> torch.Tensor:
+    """The chip read that drives each input index: i % reads (hidden neurons are
+    interchangeable, so which ones share a read is free). The one rule for chip, training
+    and evaluation."""
+    return inputs % reads
+
+
 @functools.lru_cache(maxsize=16)
 def read_masks(n_in: int, reads: int) -> torch.Tensor:
-    """(n_in, reads) 0/1 float: read r drives the inputs i with i % reads == r (hidden
-    neurons are interchangeable, so which ones share a read is free). Cached: do not modify."""
-    return (torch.arange(n_in)[:, None] % reads == torch.arange(reads)).float()
+    """(n_in, reads) 0/1 float: 1 where read r drives input i (`read_of`). Cached: do not
+    modify."""
+    return (read_of(torch.arange(n_in), reads)[:, None] == torch.arange(reads)).float()
 
 
 @functools.lru_cache(maxsize=16)

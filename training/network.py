@@ -180,9 +180,10 @@ class BinaryNetwork(nn.Module):
         x: (B, n_in) or (G, b, n_in) in {0, 1}; cells: per layer (a, b) with a leading dim of 1,
         G (one conductance set per group of x) or replicas, or None for an ideal array.
         noise_std: Gaussian noise per weight unit and sqrt(active input), mimicking device
-        variation during training; drawn per data sample and neuron and shared by the
-        replicas (dies), which all see the same samples (each replica trains its own weights,
-        so it still sees independent noise at every step). Returns (K, B, n_classes) with K the
+        variation during training; drawn per data sample and neuron (and output read, each
+        scaled by that read's active inputs) and shared by the replicas (dies), which all see
+        the same samples (each replica trains its own weights, so it still sees independent
+        noise at every step). Returns (K, B, n_classes) with K the
         broadcast of replicas and cell sets (or (G, b, n_classes)).
         """
         h = x
@@ -223,7 +224,7 @@ class BinaryNetwork(nn.Module):
         absorbs read noise), only diff does."""
         with torch.no_grad():
             s = s.detach()
-            out = None
+            out: tuple[torch.Tensor, torch.Tensor | None] | None = None
             if last and reads * diff.numel() >= ROW_READOUT_MIN:
                 out = self._correction_rows(diff, h, s, cells, active, noise, reads)
             if out is None:
@@ -236,7 +237,8 @@ class BinaryNetwork(nn.Module):
                     cells: LayerCells, active: torch.Tensor, noise: torch.Tensor | None,
                     last: bool, reads: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """What the read-out subtracts from diff, and (last layer) which outputs it trusts;
-        None if the cells carry no common mode."""
+        None if the cells carry no common mode. With reads > 1 the parts' differences are
+        products of the split inputs (diff is their sum plus noise, and is not used)."""
         flat = h if reads == 1 else split_reads(h, reads).flatten(-3, -2)  # a row per read
         excess = cells.excess(flat, s)
         if excess is None:
@@ -264,9 +266,11 @@ class BinaryNetwork(nn.Module):
         rows) instead of element-wise passes over every part (memory-bound on CPU). Equal to
         the dense path; None where it does not apply (c, e unset; cell sets neither one nor
         one per replica)."""
+        if diff.ndim != 3 or h.ndim != 3 or cells.n not in (1, diff.shape[0]):
+            return None  # a one-layer network (shared 2-D inputs): the element-wise path
         lead, b, n_out = diff.shape
         columns = cells.output_columns(h, s, reads)
-        if columns is None or cells.n not in (1, lead):
+        if columns is None:
             return None
         die, col = cells.flaggable(reads, self.config.readout_tol)
         if cells.n != lead:  # one cell set for every replica

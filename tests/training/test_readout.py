@@ -184,15 +184,20 @@ def test_output_reads_need_the_common_mode_readout() -> None:
         ArrayLayout.default((6, 4, 3), rows=8, cols=16, readout="common_mode", output_reads=5)
 
 
-@pytest.mark.parametrize(("reads", "replicas", "n_cells"), [(1, 3, 3), (3, 3, 3), (3, 3, 1)])
-def test_row_readout_equals_dense(monkeypatch: pytest.MonkeyPatch, reads: int, replicas: int,
-                                  n_cells: int) -> None:
+@pytest.mark.parametrize(("sizes", "reads", "replicas", "n_cells", "sparse"), [
+    ((16, 6, 3), 1, 3, 3, False), ((16, 6, 3), 3, 3, 3, False), ((16, 6, 3), 3, 3, 1, False),
+    ((16, 6, 3), 3, 3, 3, True), ((16, 6, 3), 3, 3, 1, True), ((16, 3), 2, 1, 2, True)])
+def test_row_readout_equals_dense(monkeypatch: pytest.MonkeyPatch, sizes: tuple[int, ...],
+                                  reads: int, replicas: int, n_cells: int,
+                                  sparse: bool) -> None:
     """Large batches read out only the output parts that can be flagged, gathered as rows;
     scores and gradients equal the element-wise path's bit for bit (training noise
-    included), per die or one cell set shared by the replicas."""
+    included), per die or one cell set shared by the replicas, with the excess as a dense or
+    a sparse product; a one-layer network takes the element-wise path."""
     from training import network
 
-    sizes = (16, 6, 3)
+    if sparse:
+        monkeypatch.setattr(mapping, "SPARSE_MIN_MACS", 0)
     nc = NetworkConfig(sizes=sizes, output_copies=2, readout="common_mode", output_reads=reads)
     lo = ArrayLayout.default(sizes, rows=20, cols=40, output_copies=2, readout="common_mode",
                              output_reads=reads)
@@ -215,5 +220,5 @@ def test_row_readout_equals_dense(monkeypatch: pytest.MonkeyPatch, reads: int, r
     (dense, dense_grads), (rows, rows_grads) = results
     assert torch.equal(dense, rows)
     assert all(torch.equal(a, b) for a, b in zip(dense_grads, rows_grads, strict=True))
-    assert dense_grads[1].abs().sum() > 0
-    assert taken and all(t is not None for t in taken)
+    assert dense_grads[-1].abs().sum() > 0
+    assert taken and all((t is None) == (len(sizes) == 2) for t in taken)
