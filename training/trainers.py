@@ -73,8 +73,8 @@ def _loss(scores: torch.Tensor, y: torch.Tensor, cfg: NetworkConfig,
           margin: float) -> torch.Tensor:
     """Mean cross-entropy of (K, b, C) scores against (b,) or (K, b) labels."""
     y = y.expand(scores.shape[:-1]) if y.ndim < scores.ndim - 1 else y
-    if margin > 0:
-        scores = scores - margin * F.one_hot(y, scores.shape[-1]).to(scores.dtype)
+    if margin > 0:  # the true class's score lowered by the margin (one scatter)
+        scores = scores.scatter_add(-1, y.unsqueeze(-1), scores.new_full((*y.shape, 1), -margin))
     logits = scores * cfg.logit_scale
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1),
                            reduction="mean") * scores.shape[0]
