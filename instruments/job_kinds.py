@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 MAX_ARRAY_BYTES = 4 * 1024 * 1024
 MAX_INFER_BATCH = 10_000
-INFER_CHUNK = 1024
 
 
 class RejectedJobError(ValueError):
@@ -351,9 +350,7 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:
-        parts = [st.retry("infer", lambda c=rows[i:i + INFER_CHUNK]: st.tester.infer(c))
-                 for i in range(0, len(rows), INFER_CHUNK)]
-        currents.append(np.concatenate(parts).astype(np.float32))
+        currents.append(st.column_currents(rows).astype(np.float32))
         return currents[-1]
 
     with _at_die(ctx, job.die, "inferring on"):

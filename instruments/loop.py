@@ -116,8 +116,7 @@ def program_and_infer(station: Station, die: DieIndex, weights: list[torch.Tenso
     states = layout.target_states(weights)
     with station.at_die(die):
         result = program_verified(station, states, give_up=known_defects)
-        chip = layout.infer(x, lambda rows: station.retry("inference",
-                                                          lambda: station.tester.infer(rows)))
+        chip = layout.infer(x, station.column_currents)
     emulated = layout.infer(x, emulated_currents(result.readback_ohm,
                                                  station.config.measurement.read_voltage_v))
     used = states != KEEP

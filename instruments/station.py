@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import numpy as np
 import pyvisa
 
 import simulated_hw
@@ -220,6 +221,15 @@ class Station:
                 time.sleep(self.config.retry.backoff_s)
                 self.recover(what)
         raise StationError(f"{what}: gave up after {attempts} attempts: {last}") from last
+
+    def column_currents(self, rows: np.ndarray) -> np.ndarray:
+        """Column currents (n, cols) in A of row patterns (n, rows) on the die under the
+        probes, in queries of at most `measurement.infer_batch_rows` vectors, each retried
+        on its own (an output layer read in parts sends n x output_reads patterns)."""
+        step = self.config.measurement.infer_batch_rows
+        return np.concatenate([
+            self.retry("inference", lambda part=rows[i:i + step]: self.tester.infer(part))
+            for i in range(0, len(rows), step)])
 
     def recover(self, what: str) -> None:
         """Reconnect after a transient fault, with bounded attempts; StationError if none

@@ -241,3 +241,29 @@ def test_prober_fault_while_stepping_is_retried_without_losing_the_die() -> None
             assert lib.prober.contact_die == lib.wafer.die_index(1, 0)
         assert faults.counts["prober_error"] == 1 and faults.counts["timeout"] == 1
         assert_safe(station)
+
+
+def test_inference_is_split_into_queries_each_retried_on_its_own(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Long inference batches (an output layer read in parts sends n x 4 patterns) go out in
+    queries of at most `measurement.infer_batch_rows`; a link lost before one of them costs
+    that query only."""
+    from drivers.crossbar import CrossbarTester
+
+    sizes: list[int] = []
+    infer = CrossbarTester.infer
+
+    def counted(self: CrossbarTester, rows: np.ndarray) -> np.ndarray:
+        sizes.append(len(rows))
+        return infer(self, rows)
+
+    monkeypatch.setattr(CrossbarTester, "infer", counted)  # survives the reconnect
+    config = station_config(SMALL_WAFER, measurement={"infer_batch_rows": 3})
+    with Station(config) as station:
+        _, tester_dev = devices(station)
+        rows = np.random.default_rng(0).integers(0, 2, (7, 20)).astype(np.uint8)
+        with station.at_die(DieIndex(0, 0)):
+            tester_dev.dropped = True
+            currents = station.column_currents(rows)
+        assert currents.shape == (7, 40) and (currents > 0).all()
+        assert sizes == [3, 3, 3, 1] and station.recoveries == 1  # the first query twice
+        assert_safe(station)
