@@ -171,14 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     net_upd: dict[str, object] = {}
     if args.readout:
         net_upd["readout"] = args.readout
-        if args.readout == "diff" and not args.output_reads:
-            net_upd["output_reads"] = 1  # the plain difference is read whole
     if args.hidden:
         net_upd["sizes"] = (cfg.network.sizes[0], args.hidden, cfg.network.sizes[-1])
     if args.copies:
         net_upd["output_copies"] = args.copies
-    if args.output_reads:
-        net_upd["output_reads"] = args.output_reads
+    if args.output_reads or args.readout == "diff":  # the plain difference is read whole
+        net_upd["output_reads"] = args.output_reads or 1
     network = type(cfg.network).model_validate({**cfg.network.model_dump(), **net_upd})
     cfg = cfg.model_copy(update={"network": network})
     sol = train_all(data, maps, device, cfg, seed)

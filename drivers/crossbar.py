@@ -6,6 +6,7 @@ and inference move one binary block each. Shapes and values are checked before s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -36,7 +37,6 @@ P, AP, KEEP = 0, 1, 2
 #: How the safety guard treats one header: (it resets the instrument, the bias settings the
 #: operation applies, the bias setting it changes or None).
 _Rule = tuple[bool, tuple[str, ...], str | None]
-_MAX_RULES = 256
 
 
 def parse_array_size(text: str) -> tuple[int, int]:
@@ -143,22 +143,18 @@ class CrossbarTester(SCPIInstrument):
         super().__init__(resource, name, check_errors=check_errors)
         self.guard = guard
         self._bias: dict[str, float] = {}  # last value known to be set on the instrument
-        self._rules: dict[str, _Rule] = {}
         self.rows, self.cols = self.array_size
 
     # -- safety guard: every message passes here, whoever composed it ---------------------------
 
-    def _rule(self, header: str) -> _Rule:
-        """What policing `header` involves, worked out once per header (a bulk command is sent
-        again and again; the cache is bounded in case of free-form headers)."""
-        rule = self._rules.get(header)
-        if rule is None:
-            applied = tuple(name for prefix, settings in self.BIAS_OPERATIONS.items()
-                            if header.startswith(prefix) for name in settings)
-            rule = (header == "*RST", applied, self.BIAS_SETTINGS.get(header))
-            if len(self._rules) < _MAX_RULES:
-                self._rules[header] = rule
-        return rule
+    @classmethod
+    @functools.lru_cache(maxsize=256)
+    def _rule(cls, header: str) -> _Rule:
+        """What policing `header` involves, worked out once per header and class (a bulk
+        command is sent again and again; the cache is bounded in case of free-form headers)."""
+        applied = tuple(name for prefix, settings in cls.BIAS_OPERATIONS.items()
+                        if header.startswith(prefix) for name in settings)
+        return (header == "*RST", applied, cls.BIAS_SETTINGS.get(header))
 
     def _police(self, command: str) -> str | None:
         """Guard a message before it is sent; returns the bias setting it changes, if any."""

@@ -23,7 +23,7 @@ from .offline import WHOLE_RUN, report_from_store
 from .progress import EpochBars, bar, say
 from .report import table
 from .station import Station
-from .store import RunStore, die_key
+from .store import DEMO_KIND, RunStore, die_key
 from .sweep import planned_dies, start_run, sweep
 
 
@@ -50,7 +50,7 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
     timing: dict[str, float] = {}
 
     with RunStore(store_path) as store, Station(config) as station:
-        run_id = start_run(store, station, config, "demo", {"training": seed})
+        run_id = start_run(store, station, config, DEMO_KIND, {"training": seed})
         planned = planned_dies(station)
         with bar("sweep", quiet, len(planned)) as dies:
             sweep(station, store, run_id, progress=lambda d, m: dies.update(1), dies=planned)

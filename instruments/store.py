@@ -61,7 +61,8 @@ CREATE INDEX IF NOT EXISTS journal_run ON journal(run_id, die);
 
 RUN_LEVEL = "-"  # the `die` key of arrays and records that belong to the run, not a die
 #: run kinds whose dies carry measured defect maps (a sweep; a demo run sweeps first)
-MEASURING_KINDS = ("sweep", "demo")
+SWEEP_KIND, DEMO_KIND = "sweep", "demo"
+MEASURING_KINDS = (SWEEP_KIND, DEMO_KIND)
 
 
 class StoreError(RuntimeError):

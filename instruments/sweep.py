@@ -22,9 +22,7 @@ from . import __version__
 from .config import StationConfig, station_to_yaml
 from .defect_map import DieMeasurement, measure_defect_map
 from .station import Station
-from .store import RunStore, die_key
-
-SWEEP_KIND = "sweep"
+from .store import SWEEP_KIND, RunStore, die_key
 
 
 class SweepInterrupted(RuntimeError):

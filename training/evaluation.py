@@ -22,6 +22,7 @@ from .mapping import (
     read_masks,
     read_of,
     readout_correction,
+    reliable_outputs,
 )
 from .network import BinaryNetwork, NetworkConfig, combine_copies
 
@@ -158,8 +159,8 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             scores.view(-1, c_phys).index_add_(0, (die_f * n + fn) * reads + read_j[j_f],
                                                sign[:, None] * pm2[j_f])
             active.view(-1).index_add_(0, (die_f * reads + read_j[j_f]) * n + fn, sign)
-    # unreliable reads per (die, output) and sample (common mode): (D * C, N)
-    unreliable = torch.zeros(n_dies * c_phys, n) if common else None
+    # the read-outs checked at (die, output), and whether they were reliable (common mode)
+    checked_at, checked_ok = torch.zeros(0, dtype=torch.long), torch.ones(0, n, dtype=torch.bool)
     if d2.die.numel():
         # each defect adds (da + s db) x its row's activation on that die
         src = h1.index_select(0, d2.row).float()  # (nnz2, N)
@@ -182,12 +183,10 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
             df, cf = die2[flag], col2[flag]
             out[flag], ok = common_mode_readout(out[flag], excess, active[df, cf // c_phys], tol,
                                                 output_layer=True)
-            assert unreliable is not None
-            unreliable.index_add_(0, df * c_phys + cf % c_phys, (~ok).float())
+            checked_at, checked_ok = df * c_phys + cf % c_phys, ok
         scores[die2, :, col2] = out
     scores = merge_reads(scores.unflatten(-1, (reads, c_phys)), None)[0]
-    reliable = (None if unreliable is None
-                else (unreliable == 0).view(n_dies, c_phys, n).transpose(1, 2))
+    reliable = reliable_outputs(checked_at, checked_ok, n_dies, c_phys) if common else None
     return combine_copies(scores, net_config.output_copies, net_config.copy_combine, reliable)
 
 

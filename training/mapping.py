@@ -802,6 +802,15 @@ def per_read(w: torch.Tensor, reads: int) -> torch.Tensor:
     return (w.unsqueeze(-2) * mask).flatten(-2)
 
 
+def reliable_outputs(at: torch.Tensor, ok: torch.Tensor, n_sets: int, n_out: int
+                     ) -> torch.Tensor:
+    """(n_sets, samples, n_out) bool from read-outs checked at chosen outputs: False where
+    any read-out `ok` (parts, samples) at flat output index at = set * n_out + j was
+    unreliable, True everywhere else (outputs never flagged are reliable)."""
+    bad = torch.zeros(n_sets * n_out, ok.shape[-1]).index_add_(0, at, (~ok).float())
+    return (bad == 0).view(n_sets, n_out, -1).transpose(1, 2)
+
+
 def merge_reads(outputs: torch.Tensor, reliable: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Outputs (..., reads, n_out) of a layer read in parts -> their sum, and reliable (bool)

@@ -27,6 +27,7 @@ from .mapping import (
     output_readout,
     read_masks,
     readout_correction,
+    reliable_outputs,
     split_reads,
 )
 
@@ -288,6 +289,5 @@ class BinaryNetwork(nn.Module):
         correction, reliable = output_readout(d, e, act, self.config.readout_tol)
         at = die * n_out + j
         total = torch.zeros(lead * n_out, b).index_add_(0, at, correction)
-        unreliable = torch.zeros(lead * n_out, b).index_add_(0, at, (~reliable).float())
         return (total.view(lead, n_out, b).transpose(1, 2),
-                (unreliable == 0).view(lead, n_out, b).transpose(1, 2))
+                reliable_outputs(at, reliable, lead, n_out))
