@@ -157,9 +157,15 @@ class CrossbarTester(SCPIInstrument):
         return (header == "*RST", applied, cls.BIAS_SETTINGS.get(header))
 
     def _police(self, command: str) -> str | None:
-        """Guard a message before it is sent; returns the bias setting it changes, if any."""
-        header, _, arg = command.strip().partition(" ")
-        resets, applied, setting = self._rule(header.upper())
+        """Guard a message before it is sent; returns the bias setting it changes, if any.
+
+        The instrument takes one command per message (docs/scpi.md), so a chained message is
+        refused rather than parsed: its second command would pass unpoliced. A leading colon
+        (SCPI's root) is ignored for the lookup, so it cannot hide a header either."""
+        if ";" in command:
+            raise LimitError("message", command, "one command per message (no ';' chaining)")
+        header, _, arg = command.strip().replace("\t", " ").partition(" ")
+        resets, applied, setting = self._rule(header.upper().lstrip(":"))
         if resets:
             self._bias.clear()
         if applied:
@@ -207,6 +213,19 @@ class CrossbarTester(SCPIInstrument):
     def shape(self) -> tuple[int, int]:
         """(rows, cols) of the array."""
         return self.rows, self.cols
+
+    def confirm_shape(self) -> tuple[int, int]:
+        """Read ``ARR:SIZE?`` again and check it matches the size cached at connect: a garbled
+        first reply must not stick (ReplyError if malformed or different)."""
+        reply = self.query("ARR:SIZE?")
+        try:
+            shape = parse_array_size(reply)
+        except ValueError:
+            raise ReplyError(self.name, "ARR:SIZE?", reply, "not 'rows,cols'") from None
+        if shape != self.shape:
+            raise ReplyError(self.name, "ARR:SIZE?", reply,
+                             f"array size disagrees with {self.shape} read at connect")
+        return shape
 
     # -- whole array ----------------------------------------------------------------------------
 

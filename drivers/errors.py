@@ -112,3 +112,11 @@ class ReplyError(DriverError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.instrument, self.command, self.reply, self.reason))
+
+
+def identity_reply(instrument: str, reply: str) -> str:
+    """A ``*IDN?`` reply, refused if blank (nothing answered, or a link that returns empty
+    lines): a blank identity must not pass for an instrument."""
+    if not reply.strip():
+        raise ReplyError(instrument, "*IDN?", reply, "no identity: is an instrument there?")
+    return reply

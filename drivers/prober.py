@@ -12,7 +12,7 @@ import re
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
-from drivers.errors import ProberError, ReplyError
+from drivers.errors import ProberError, ReplyError, identity_reply
 from drivers.transport import Closes, Resource, Session, Transport
 
 
@@ -76,6 +76,7 @@ class Prober(Closes, ABC):
 OK = 0
 END_OF_WAFER = 703
 _REPLY = re.compile(r"^\s*(-?\d+):\s?(.*)$", re.DOTALL)
+_STATUS = re.compile(r"^\s*-?\d+:")
 
 
 def parse_velox_reply(reply: str, command: str, instrument: str = "prober") -> str | None:
@@ -131,7 +132,14 @@ class VeloxProber(Session, Prober):
         return None if data is None else self._die(command, data)
 
     def identity(self) -> str:
-        return self.ask("*IDN?")
+        """The ``*IDN?`` text. Velox answers it without a code, so a ``<code>:`` reply is a
+        status (e.g. ``710: Prober fault.``): raised as ProberError, or as ReplyError if its
+        code is not an error."""
+        reply = identity_reply(self.name, self.ask("*IDN?"))
+        if _STATUS.match(reply):
+            parse_velox_reply(reply, "*IDN?", self.name)
+            raise ReplyError(self.name, "*IDN?", reply, "not an identity")
+        return reply
 
     def software_version(self) -> str:
         return self._data("ReportSoftwareVersion")

@@ -25,6 +25,7 @@ from drivers.errors import (
     InstrumentError,
     InstrumentTimeout,
     ReplyError,
+    identity_reply,
 )
 from drivers.transport import TERMINATION, Resource, Session, Transport
 
@@ -218,8 +219,8 @@ class SCPIInstrument(HasControls, Session):
     # -- IEEE 488.2 commons -------------------------------------------------------------------
 
     def identity(self) -> str:
-        """``*IDN?``: manufacturer, model, serial, firmware."""
-        return self.query("*IDN?")
+        """``*IDN?``: manufacturer, model, serial, firmware (ReplyError if blank)."""
+        return identity_reply(self.name, self.query("*IDN?"))
 
     def reset(self) -> None:
         """``*RST``: settings to defaults."""

@@ -8,7 +8,6 @@ and always leaves the hardware safe: chuck separated, output off.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ import numpy as np
 import pyvisa
 
 import simulated_hw
-from drivers.crossbar import CrossbarTester, parse_array_size
+from drivers.crossbar import CrossbarTester
 from drivers.errors import (
     BlockError,
     CommunicationError,
@@ -27,7 +26,7 @@ from drivers.errors import (
     ProberError,
     ReplyError,
 )
-from drivers.prober import DieIndex, Prober, VeloxProber, parse_velox_reply
+from drivers.prober import DieIndex, Prober, VeloxProber
 
 from .config import StationConfig
 from .safety import SafetyPolicy
@@ -41,7 +40,6 @@ TRANSIENT_PROBER_CODES = frozenset({710})
 #: Attempts at re-establishing a session, per recovery, as a multiple of retry.max_attempts:
 #: a reconnect sends some thirty messages, each of which may itself hit a fault.
 RECONNECT_FACTOR = 3
-_VELOX_CODE = re.compile(r"^\s*-?\d+:")
 
 
 class StationError(RuntimeError):
@@ -129,18 +127,13 @@ class Station:
         self.prober = VeloxProber(opened[0])
         try:
             self.tester = CrossbarTester(opened[1], guard=self.policy.check)
-            # The size is read once and cached by the driver: a garbled reply must not stick.
-            again = self.tester.query("ARR:SIZE?")
-            try:
-                shape = parse_array_size(again)
-            except ValueError:
-                raise ReplyError(self.tester.name, "ARR:SIZE?", again, "not 'rows,cols'") from None
+            shape = self.tester.confirm_shape()
         except Exception:
             _quietly(opened[1].close)
             raise
-        if shape != self.tester.shape or (self._shape and shape != self._shape):
-            raise ReplyError(self.tester.name, "ARR:SIZE?", again,
-                             f"array size disagrees with {self._shape or self.tester.shape}")
+        if self._shape and shape != self._shape:
+            raise ReplyError(self.tester.name, "ARR:SIZE?", f"{shape[0]},{shape[1]}",
+                             f"array size disagrees with {self._shape} before reconnecting")
         self._shape = self.tester.shape
 
     def _read_identities(self) -> dict[str, str]:
@@ -150,12 +143,6 @@ class Station:
         if first != second:
             raise ReplyError("station", "*IDN?", f"{first} then {second}",
                              "identity replies disagree")
-        for name, idn in first.items():
-            if not idn.strip():
-                raise ReplyError(name, "*IDN?", idn, "no identity: is an instrument there?")
-        if _VELOX_CODE.match(first["prober"]):  # a status reply, e.g. '710: Prober fault.'
-            parse_velox_reply(first["prober"], "*IDN?", self.prober.name)
-            raise ReplyError(self.prober.name, "*IDN?", first["prober"], "not an identity")
         return first
 
     def _close_drivers(self) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from drivers.blocks import encode_array
 from drivers.crossbar import AP, KEEP, CrossbarTester, P
-from drivers.errors import InstrumentError, LimitError
+from drivers.errors import InstrumentError, LimitError, ReplyError
 from drivers.protocol import (
     NO_ERROR,
     Exchange,
@@ -39,6 +39,26 @@ def test_connect_reads_and_caches_array_size() -> None:
         assert xbar.array_size == (ROWS, COLS)
         assert xbar.shape == (ROWS, COLS)
         assert (xbar.rows, xbar.cols) == (ROWS, COLS)
+
+
+def test_confirm_shape_reads_the_size_again() -> None:
+    with connected(checked("ARR:SIZE?", f"{ROWS},{COLS}")) as xbar:
+        assert xbar.confirm_shape() == (ROWS, COLS)
+
+
+@pytest.mark.parametrize(("reply", "fragment"), [("2,4", r"disagrees with \(2, 3\)"),
+                                                 ("2;3", "not 'rows,cols'"),
+                                                 ("0,3", "not 'rows,cols'")])
+def test_confirm_shape_refuses_a_changed_or_garbled_size(reply: str, fragment: str) -> None:
+    with connected(checked("ARR:SIZE?", reply)) as xbar, pytest.raises(ReplyError,
+                                                                        match=fragment):
+        xbar.confirm_shape()
+
+
+def test_blank_identity_is_refused() -> None:
+    with connected(checked("*IDN?", "")) as xbar, pytest.raises(ReplyError,
+                                                                 match="no identity"):
+        xbar.identity()
 
 
 def test_identity_and_reset() -> None:

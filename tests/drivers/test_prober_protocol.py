@@ -27,6 +27,18 @@ def test_identity_and_version() -> None:
         assert prober.software_version() == "3.6.0"
 
 
+@pytest.mark.parametrize(("reply", "error", "fragment"), [
+    ("710: Prober fault.", ProberError, "710"),
+    ("0: 3.6.0", ReplyError, "not an identity"),
+    ("", ReplyError, "no identity: is an instrument there?"),
+])
+def test_identity_refuses_a_status_or_blank_reply(reply: str, error: type[Exception],
+                                                  fragment: str) -> None:
+    with expected_protocol(VeloxProber, [("*IDN?", reply)]) as prober, pytest.raises(
+            error, match=fragment):
+        prober.identity()
+
+
 def test_stepping_until_end_of_wafer() -> None:
     exchanges = [("StepFirstDie", "0: 2 0 0 1"), ("StepNextDie", "0: 3 0 0 1"),
                  ("StepNextDie", "703: End of wafer.")]

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers.errors import DriverError
+from drivers.errors import DriverError, LimitError
 from drivers.prober import DieIndex
 from instruments.programming import program_verified
 from instruments.safety import SafetyViolation
@@ -217,11 +217,24 @@ def test_the_audit_sees_pulses_and_catches_a_violation() -> None:
 @pytest.mark.parametrize("command", ["SOUR:PULS:AMPL 3", "sour:puls:ampl 1.3",
                                      "SOUR:PULS:AMPL  1.21", "SOUR:PULS:WIDT 2e-6",
                                      "SOUR:READ:VOLT 0.45", "SENS:CURR:COMP 0.08",
-                                     "SOUR:PULS:AMPL nan", "SOUR:PULS:AMPL -1"])
+                                     "SOUR:PULS:AMPL nan", "SOUR:PULS:AMPL -1",
+                                     ":SOUR:PULS:AMPL 1.3", "SOUR:PULS:AMPL\t1.3"])
 def test_raw_settings_beyond_the_limits_never_leave_the_driver(command: str) -> None:
     with _station(None) as station:
         sent = len(devices(station)[1].received)
         with pytest.raises(SafetyViolation, match=r"nothing was sent|not a valid"):
+            station.tester.write(command)
+        assert len(devices(station)[1].received) == sent
+
+
+@pytest.mark.parametrize("command", ["*CLS;SOUR:PULS:AMPL 1.3",
+                                     "SOUR:PULS:AMPL 1.0;SOUR:PULS:AMPL 1.3",
+                                     "SOUR:PULS:AMPL 1.0;:PROG:CELL 0,0,1"])
+def test_chained_messages_never_leave_the_driver(command: str) -> None:
+    """A second command in one message would pass the guard unread: chaining is refused."""
+    with _station(None) as station:
+        sent = len(devices(station)[1].received)
+        with pytest.raises(LimitError, match="one command per message"):
             station.tester.write(command)
         assert len(devices(station)[1].received) == sent
 
