@@ -105,7 +105,7 @@ class VeloxProber(Session, Prober):
 
     def ask(self, command: str) -> str:
         """Send `command`, return the raw reply text (no code interpretation)."""
-        self._transport.write(command.encode("ascii"), command)
+        self._transport.write_text(command)
         return self._transport.read_text(command)
 
     def _command(self, command: str, *, end_allowed: bool = False) -> str | None:

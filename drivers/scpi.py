@@ -27,7 +27,7 @@ from drivers.errors import (
     ReplyError,
     identity_reply,
 )
-from drivers.transport import TERMINATION, Resource, Session, Transport
+from drivers.transport import TERMINATION, Resource, Session, Transport, text_message
 
 ERROR_QUERY = "SYST:ERR?"
 #: Bound on queue reads per check: a SCPI queue holds 32 entries plus the overflow entry.
@@ -36,11 +36,6 @@ _UNCHECKED_SHOWN = 8
 _ERROR_REPLY = re.compile(r'^\s*([+-]?\d+)\s*,\s*"?(.*?)"?\s*$', re.DOTALL)
 
 T = TypeVar("T")
-
-
-def _message(command: str) -> bytes:
-    """A text command as sent: ASCII plus the terminator."""
-    return command.encode("ascii") + TERMINATION
 
 
 def parse_error_reply(reply: str) -> tuple[int, str]:
@@ -68,12 +63,12 @@ class SCPIInstrument(HasControls, Session):
 
     def write(self, command: str, *, check: bool | None = None) -> None:
         """Send a command without reply."""
-        self._exchange(command, _message(command), None, check)
+        self._exchange(command, text_message(command), None, check)
 
     def query(self, command: str, *, check: bool | None = None) -> str:
         """Send a query and return its text reply (terminator stripped)."""
         return self._exchange(
-            command, _message(command), lambda: self._transport.read_text(command), check
+            command, text_message(command), lambda: self._transport.read_text(command), check
         )
 
     # -- binary blocks ------------------------------------------------------------------------
@@ -104,7 +99,7 @@ class SCPIInstrument(HasControls, Session):
         With `data`, the query itself carries a block (e.g. ``INF:CURR? <block>``).
         """
         message = (
-            _message(cmd) if data is None else self._block_message(cmd, data, data_dtype)
+            text_message(cmd) if data is None else self._block_message(cmd, data, data_dtype)
         )
 
         def read() -> np.ndarray:
@@ -133,7 +128,7 @@ class SCPIInstrument(HasControls, Session):
         """
         do_check = self._should_check(check)
         try:
-            self._transport.write(message, command, terminated=True)
+            self._transport.write(message, command)
             result = reader() if reader is not None else None
         except (InstrumentTimeout, BlockError) as symptom:
             if do_check:
@@ -164,7 +159,7 @@ class SCPIInstrument(HasControls, Session):
         """Drain the error queue; return its entries oldest first (empty if none)."""
         errors: list[tuple[int, str]] = []
         for _ in range(MAX_QUEUE_READS):
-            self._transport.write(ERROR_QUERY.encode("ascii"), ERROR_QUERY)
+            self._transport.write_text(ERROR_QUERY)
             reply = self._transport.read_text(ERROR_QUERY)
             try:
                 code, message = parse_error_reply(reply)

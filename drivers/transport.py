@@ -73,6 +73,11 @@ def map_io_error(instrument: str, command: str, exc: BaseException) -> Communica
     return CommunicationError(instrument, command, f"VISA error: {exc}")
 
 
+def text_message(command: str) -> bytes:
+    """A text command as sent: ASCII plus the terminator."""
+    return command.encode("ascii") + TERMINATION
+
+
 class Transport:
     """Terminated messages to and from one resource; one owner (VISA is not thread-safe)."""
 
@@ -89,11 +94,14 @@ class Transport:
         except (visa_errors.Error, OSError) as exc:
             raise map_io_error(self.name, command, exc) from exc
 
-    def write(self, payload: bytes, command: str, *, terminated: bool = False) -> None:
-        """Send one message (`payload` + terminator, unless `terminated`: it already ends
-        with it); `command` names it in errors."""
-        message = payload if terminated else payload + TERMINATION
+    def write(self, message: bytes, command: str) -> None:
+        """Send one complete message (terminator included, e.g. from `text_message`);
+        `command` names it in errors."""
         self._io(command, self.resource.write_raw, message)
+
+    def write_text(self, command: str) -> None:
+        """Send a text command (`text_message`)."""
+        self.write(text_message(command), command)
 
     def read(self, command: str) -> bytes:
         """One reply as raw bytes, terminator included if the device sent it."""

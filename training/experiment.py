@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +35,8 @@ from .trainers import (
 
 #: on_epoch(stage, epochs done, epochs in all, mean loss), stage "baseline", "hat" or "sat"
 StageEpochHook = Callable[[str, int, int, float], None]
+
+T = TypeVar("T")
 
 
 def for_stage(hook: StageEpochHook | None, stage: str) -> EpochHook | None:
@@ -235,29 +238,25 @@ def train_all(data: BinaryData, maps: Sequence[DefectMap], device: DeviceModel,
     config = config or ExperimentConfig()
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    setup = prepare(maps, device, config)
-    timings["setup"] = time.perf_counter() - t
 
-    say("training the software baseline")
-    t = time.perf_counter()
-    base, base_err = run_baseline(data, config, seed, for_stage(on_epoch, "baseline"))
-    timings["baseline"] = time.perf_counter() - t
+    def stage(name: str, message: str | None, run: Callable[[], T]) -> T:
+        """Announce a stage, run it and record its wall time under `name`."""
+        if message:
+            say(message)
+        t = time.perf_counter()
+        out = run()
+        timings[name] = time.perf_counter() - t
+        return out
 
-    say(f"hardware-aware training for {len(maps)} dies (one batched model)")
-    t = time.perf_counter()
-    hat, hat_layouts = run_hat(data, setup, base.weights, config, seed,
-                               for_stage(on_epoch, "hat"))
-    timings["hat"] = time.perf_counter() - t
-
-    say("statistics-aware training")
-    t = time.perf_counter()
-    sat = run_sat(data, setup, base.weights, config, seed, for_stage(on_epoch, "sat"))
-    timings["sat"] = time.perf_counter() - t
-
-    say(f"placing the SAT weights on {len(maps)} dies")
-    t = time.perf_counter()
-    placed = run_placement(data, setup, sat.weights, config)
-    timings["placement"] = time.perf_counter() - t
+    setup = stage("setup", None, lambda: prepare(maps, device, config))
+    base, base_err = stage("baseline", "training the software baseline", lambda: run_baseline(
+        data, config, seed, for_stage(on_epoch, "baseline")))
+    hat, hat_layouts = stage(
+        "hat", f"hardware-aware training for {len(maps)} dies (one batched model)",
+        lambda: run_hat(data, setup, base.weights, config, seed, for_stage(on_epoch, "hat")))
+    sat = stage("sat", "statistics-aware training", lambda: run_sat(
+        data, setup, base.weights, config, seed, for_stage(on_epoch, "sat")))
+    placed = stage("placement", f"placing the SAT weights on {len(maps)} dies",
+                   lambda: run_placement(data, setup, sat.weights, config))
     return Solutions(config.network, setup.layout, setup.stats, setup.cells, base, hat, sat,
                      placed, base_err, hat_layouts, timings)
