@@ -176,6 +176,8 @@ def run_command(args: argparse.Namespace) -> int:
     """Run a parsed command, mapping failures onto exit codes with a one-line reason."""
     from pydantic import ValidationError
 
+    from drivers.errors import DriverError, LimitError
+
     from .config import StationFileError
     from .station import StationError
     from .store import StoreError
@@ -183,9 +185,13 @@ def run_command(args: argparse.Namespace) -> int:
 
     try:
         return args.fn(args)
-    except (BadInput, StationFileError, ValidationError, FileNotFoundError) as err:
+    except (BadInput, StationFileError, ValidationError, FileNotFoundError,
+            LimitError) as err:
         print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except DriverError as err:  # an instrument's fault or reply, not the operator's input
+        print(f"mtjlab {args.command}: failed: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as err:
         print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from instruments.cli import EXIT_BAD_INPUT, EXIT_OK, main
+from drivers.errors import InstrumentTimeout, LimitError, ReplyError
+from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main, run_command
 
 SMALL_STATION = """
 name: cli-test
@@ -69,3 +71,20 @@ def test_console_script_help() -> None:
                          capture_output=True, text=True, check=True).stdout
     for command in ("demo", "sweep", "train", "evaluate", "report", "runs", "export"):
         assert command in out
+
+
+@pytest.mark.parametrize(("error", "code", "word"), [
+    (ReplyError("xbar", "ARR:SIZE?", "2;3", "not 'rows,cols'"), EXIT_FAILED, "failed"),
+    (InstrumentTimeout("xbar", "MEAS:ARR?", "timed out"), EXIT_FAILED, "failed"),
+    (LimitError("pulse_amplitude_v", 3.0, "[0, 2]", "V"), EXIT_BAD_INPUT, "error"),
+    (ValueError("dies must be on the wafer map"), EXIT_BAD_INPUT, "error"),
+])
+def test_exit_code_tells_instrument_faults_from_bad_input(
+        error: Exception, code: int, word: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An instrument's bad reply or silence is a failure (1), even where the exception is
+    also a ValueError; the operator's out-of-range value is bad input (2)."""
+    def fail(_args: argparse.Namespace) -> int:
+        raise error
+
+    assert run_command(argparse.Namespace(fn=fail, command="sweep")) == code
+    assert capsys.readouterr().err.startswith(f"mtjlab sweep: {word}: ")
