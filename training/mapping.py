@@ -707,28 +707,41 @@ def readout_correction(diff: torch.Tensor, excess: torch.Tensor, tol: float) -> 
     return flagged * side  # not in place: excess may broadcast against diff
 
 
-def readout_reliable(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
-                     tol: float) -> torch.Tensor:
-    """False where the common-mode read-out is ambiguous: the pair is flagged and both
-    estimates or neither are possible (|d| <= n + tol / 2, n = active inputs)."""
+def positive(z: torch.Tensor) -> torch.Tensor:
+    """1.0 where z > 0, else 0.0 (float arithmetic: on CPU, bool tensors cost several times
+    more to make and to convert than sign and clamp)."""
+    return z.sign().clamp_(min=0)
+
+
+def _choice(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
+            tol: float) -> torch.Tensor:
+    """+1 where only d_minus = diff - excess is possible (|d| <= n + tol / 2, n = active
+    inputs), -1 where only d_plus = diff + excess is, 0 where both or neither are (float).
+    |a| - lim > 0 iff |a| > lim, exactly, in IEEE arithmetic."""
     lim = active + 0.5 * tol
-    ambiguous = ((diff + excess).abs() > lim) == ((diff - excess).abs() > lim)
-    return ~(ambiguous & (excess.abs() > tol))
+    plus_out = positive((diff + excess).abs_().sub_(lim))
+    return plus_out.sub_(positive((diff - excess).abs_().sub_(lim)))
 
 
 def output_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
                    tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correction, reliable) of the output layer's read-out: as `readout_correction`, but an
-    ambiguous pair keeps its plain difference (correction 0) besides being marked unreliable.
+    """(correction, ok) of the output layer's read-out; ok is 1.0 where it is reliable, 0.0
+    where it is ambiguous (flagged, and both estimates or neither are possible).
 
-    An ambiguous pair often has a defect in both columns (a short in each: each estimate is
-    off by the sum, the plain difference by their difference), and when every copy of a class
-    is ambiguous the class score is then the mean of plain differences rather than of guessed
-    repairs: 0.00-0.34 pp better, never worse, on every wafer measured (the same weights).
-    Hidden layers keep the smaller estimate (only its sign matters).
+    A flagged pair with exactly one possible estimate takes that one, which is also the one
+    `readout_correction` takes (the smaller in magnitude). An ambiguous pair keeps its plain
+    difference (correction 0) besides being marked unreliable: it often has a defect in both
+    columns (a short in each: each estimate is off by the sum, the plain difference by their
+    difference), and when every copy of a class is ambiguous the class score is then the mean
+    of plain differences rather than of guessed repairs: 0.00-0.34 pp better, never worse, on
+    every wafer measured (the same weights). Hidden layers keep the smaller estimate (only
+    its sign matters). Float arithmetic throughout (see `positive`).
     """
-    reliable = readout_reliable(diff, excess, active, tol)
-    return readout_correction(diff, excess, tol) * reliable, reliable
+    flagged = torch.nn.functional.hardshrink(excess, tol)  # excess where |excess| > tol, else 0
+    choice = _choice(diff, excess, active, tol)
+    ambiguous = choice.abs().neg_().add_(1)
+    ok = ambiguous.mul_(flagged.abs().sign_()).neg_().add_(1)
+    return choice.mul_(flagged), ok
 
 
 def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
@@ -747,12 +760,10 @@ def common_mode_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.
     difference (`output_readout`). All tensors broadcast; active has a trailing dimension of
     1. Returns (output, reliable); see `readout_correction`.
     """
-    if output_layer:
-        correction, reliable = output_readout(diff, excess, active, tol)
-    else:
+    correction, ok = output_readout(diff, excess, active, tol)
+    if not output_layer:
         correction = readout_correction(diff, excess, tol)
-        reliable = readout_reliable(diff, excess, active, tol)
-    return diff - correction, reliable
+    return diff - correction, ok > 0
 
 
 def check_output_reads(reads: int, readout: str, n_in: int) -> None:
@@ -805,20 +816,23 @@ def per_read(w: torch.Tensor, reads: int) -> torch.Tensor:
 def reliable_outputs(at: torch.Tensor, ok: torch.Tensor, n_sets: int, n_out: int
                      ) -> torch.Tensor:
     """(n_sets, samples, n_out) bool from read-outs checked at chosen outputs: False where
-    any read-out `ok` (parts, samples) at flat output index at = set * n_out + j was
-    unreliable, True everywhere else (outputs never flagged are reliable)."""
-    bad = torch.zeros(n_sets * n_out, ok.shape[-1]).index_add_(0, at, (~ok).float())
+    any read-out `ok` (parts, samples; bool or 0/1 float) at flat output index at = set *
+    n_out + j was unreliable, True everywhere else (outputs never flagged are reliable)."""
+    bad = torch.zeros(n_sets * n_out, ok.shape[-1]).index_add_(0, at, 1 - ok.float())
     return (bad == 0).view(n_sets, n_out, -1).transpose(1, 2)
 
 
 def merge_reads(outputs: torch.Tensor, reliable: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Outputs (..., reads, n_out) of a layer read in parts -> their sum, and reliable (bool)
-    where every read was."""
+    """Outputs (..., reads, n_out) of a layer read in parts -> their sum, and reliable (bool,
+    or 0/1 float) where every read was."""
     if outputs.shape[-2] == 1:
         return outputs.squeeze(-2), None if reliable is None else reliable.squeeze(-2)
-    if reliable is not None:  # all() over a middle dim costs ~1.5x the min of its bytes
+    if reliable is not None and reliable.dtype == torch.bool:
+        # all() over a middle dim costs ~1.5x the min of its bytes
         reliable = reliable.view(torch.uint8).amin(dim=-2).view(torch.bool)
+    elif reliable is not None:
+        reliable = reliable.amin(dim=-2)
     return outputs.sum(dim=-2), reliable
 
 

@@ -25,6 +25,7 @@ from .mapping import (
     check_output_reads,
     merge_reads,
     output_readout,
+    positive,
     read_masks,
     readout_correction,
     reliable_outputs,
@@ -57,12 +58,6 @@ class NetworkConfig(BaseModel):
     def physical_sizes(self) -> tuple[int, ...]:
         """Layer widths on the chip (output copies included)."""
         return (*self.sizes[:-1], self.sizes[-1] * self.output_copies)
-
-
-def positive(z: torch.Tensor) -> torch.Tensor:
-    """1.0 where z > 0, else 0.0 (float arithmetic: on CPU, bool tensors cost several times
-    more to make and to convert than sign and clamp)."""
-    return z.sign().clamp_(min=0)
 
 
 def within(z: torch.Tensor, width: float) -> torch.Tensor:
@@ -121,8 +116,8 @@ def combine_copies(scores: torch.Tensor, copies: int, how: str,
                    reliable: torch.Tensor | None = None) -> torch.Tensor:
     """(..., copies * n_classes) physical outputs -> (..., n_classes) class scores.
 
-    reliable (bool, like scores): copies to use; a class whose copies are all unreliable
-    combines all of them.
+    reliable (bool or 0/1 float, like scores): copies to use; a class whose copies are all
+    unreliable combines all of them.
     """
     if copies == 1:
         return scores
