@@ -7,6 +7,7 @@ and inference move one binary block each. Shapes and values are checked before s
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -46,6 +47,10 @@ def parse_array_size(text: str) -> tuple[int, int]:
         raise ValueError("array size must be positive")
     return rows, cols
 
+
+#: what the guard refuses in a message: ';' (chaining) and control characters other than a
+#: tab (an embedded terminator, or whitespace the guard's header split would not see)
+_UNPOLICED = re.compile(r"[;\x00-\x08\x0a-\x1f\x7f]")
 
 class _Codes:
     """The integer codes an array may hold (cell states, input bits).
@@ -159,11 +164,13 @@ class CrossbarTester(SCPIInstrument):
     def _police(self, command: str) -> str | None:
         """Guard a message before it is sent; returns the bias setting it changes, if any.
 
-        The instrument takes one command per message (docs/scpi.md), so a chained message is
-        refused rather than parsed: its second command would pass unpoliced. A leading colon
-        (SCPI's root) is ignored for the lookup, so it cannot hide a header either."""
-        if ";" in command:
-            raise LimitError("message", command, "one command per message (no ';' chaining)")
+        The instrument takes one command per message (docs/scpi.md), so a message that could
+        carry a second one (';', an embedded terminator) or hide its header behind other
+        whitespace (CR, VT, FF, any control character) is refused rather than parsed. A tab
+        separates like a space; a leading colon (SCPI's root) is ignored for the lookup."""
+        if _UNPOLICED.search(command):
+            raise LimitError("message", command, "one command per message (no ';' chaining, "
+                             "no control characters but a tab)")
         header, _, arg = command.strip().replace("\t", " ").partition(" ")
         resets, applied, setting = self._rule(header.upper().lstrip(":"))
         if resets:

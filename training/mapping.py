@@ -718,9 +718,9 @@ def _choice(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,
     """+1 where only d_minus = diff - excess is possible (|d| <= n + tol / 2, n = active
     inputs), -1 where only d_plus = diff + excess is, 0 where both or neither are (float).
     |a| - lim > 0 iff |a| > lim, exactly, in IEEE arithmetic."""
-    lim = active + 0.5 * tol
-    plus_out = positive((diff + excess).abs_().sub_(lim))
-    return plus_out.sub_(positive((diff - excess).abs_().sub_(lim)))
+    lim = active + 0.5 * tol  # may broadcast to more than diff and excess do
+    plus_out = positive((diff + excess).abs_() - lim)
+    return plus_out.sub_(positive((diff - excess).abs_() - lim))
 
 
 def output_readout(diff: torch.Tensor, excess: torch.Tensor, active: torch.Tensor,

@@ -229,9 +229,13 @@ def test_raw_settings_beyond_the_limits_never_leave_the_driver(command: str) -> 
 
 @pytest.mark.parametrize("command", ["*CLS;SOUR:PULS:AMPL 1.3",
                                      "SOUR:PULS:AMPL 1.0;SOUR:PULS:AMPL 1.3",
-                                     "SOUR:PULS:AMPL 1.0;:PROG:CELL 0,0,1"])
+                                     "SOUR:PULS:AMPL 1.0;:PROG:CELL 0,0,1",
+                                     "*CLS\nSOUR:PULS:AMPL 1.3", "OUTP ON\r\nSOUR:PULS:AMPL 1.3",
+                                     "SOUR:PULS:AMPL\r1.3", "SOUR:PULS:AMPL\x0b1.3",
+                                     "SOUR:PULS:AMPL\x0c1.3"])
 def test_chained_messages_never_leave_the_driver(command: str) -> None:
-    """A second command in one message would pass the guard unread: chaining is refused."""
+    """A second command in one message (';' or an embedded terminator), or a header hidden
+    behind unusual whitespace, would pass the guard unread: such messages are refused."""
     with _station(None) as station:
         sent = len(devices(station)[1].received)
         with pytest.raises(LimitError, match="one command per message"):
