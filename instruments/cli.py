@@ -22,9 +22,10 @@ class BadInput(Exception):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import load_station
+    from .interrupts import StopFlag, stop_on_sigint
     from .progress import bar
     from .store import RunStore
-    from .sweep import StopFlag, run_sweep, stop_on_sigint
+    from .sweep import run_sweep
 
     config = load_station(args.station)
     stop = StopFlag()
@@ -44,6 +45,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from .store import RunStore
 
     with RunStore(args.store, create=False) as store:
+        if args.station is not None:
+            print(store.run_row(args.station)["station_yaml"], end="")
+            return EXIT_OK
         rows = store.runs()
     print(f"{'run':>4}  {'kind':<10} {'status':<12} {'dies':>4}  {'created (UTC)':<20} error")
     for r in rows:
@@ -148,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("runs", cmd_runs, "list the runs in a store")
     sp.add_argument("--store", required=True)
+    sp.add_argument("--station", type=int, metavar="RUN", default=None,
+                    help="print the station file run RUN was started with (YAML)")
 
     sp = add("export", cmd_export, "export a run's arrays")
     sp.add_argument("--store", required=True)

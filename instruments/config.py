@@ -6,6 +6,7 @@ and what was expected, in words a lab operator understands.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +72,15 @@ class WaferPlan(_Model):
 
     dies: Literal["all"] | list[tuple[int, int]] = "all"
     order: Literal["map", "listed"] = "map"
+
+    @model_validator(mode="after")
+    def _each_die_once(self) -> WaferPlan:
+        if self.dies != "all":
+            twice = sorted(d for d, n in Counter(self.dies).items() if n > 1)
+            if twice:
+                raise ValueError(f"dies listed more than once: {twice} (a die is measured "
+                                 "once per sweep)")
+        return self
 
 
 class MeasurementConfig(_Model):

@@ -290,7 +290,7 @@ class JobContext:
 
     station: Any  # instruments.station.Station (or a test wrapper of one)
     store_path: Path
-    stop: Any  # instruments.sweep.StopFlag
+    stop: Any  # instruments.interrupts.StopFlag
     progress: Callable[[int, int | None, str], None]
     note: Callable[..., None]
 
@@ -301,13 +301,23 @@ class JobContext:
 
 @contextmanager
 def _overridden(station: Any, job: WriteOverrides) -> Iterator[None]:
-    """The station's write settings overridden for one job (safety re-checked), then restored."""
+    """The station's write settings overridden for one job (safety re-checked) and applied
+    to the tester, then restored: the job runs with its settings whether or not a reconnect
+    happens (which re-applies the station's), and none of them outlives it."""
     original = station.config
     station.config = _write_config(original, job)
     try:
+        station.retry("apply the job's write settings", station.configure)
         yield
-    finally:
+    except BaseException:
         station.config = original
+        try:  # best effort: the link may be what failed; any reconnect re-applies them
+            station.retry("restore the write settings", station.configure)
+        except Exception as err:
+            log.warning("write settings not restored after a failed job: %s", err)
+        raise
+    station.config = original
+    station.retry("restore the write settings", station.configure)
 
 
 @contextmanager
@@ -362,10 +372,12 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
 
 def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
     from .store import RunStore, parse_die_key
-    from .sweep import SWEEP_KIND, SweepInterrupted, planned_dies, start_run, sweep
+    from .sweep import SWEEP_KIND, SweepInterrupted, check_resume, planned_dies, start_run, sweep
 
     st = ctx.station
     with RunStore(ctx.store_path) as store:
+        if job.resume_run:
+            check_resume(store, job.resume_run, st)
         run_id = job.resume_run or start_run(store, st, st.config, SWEEP_KIND)
         ctx.note(run_id=run_id)
         if job.resume_run:

@@ -376,7 +376,7 @@ class Worker:
         return None
 
     def _execute(self, station: Any, row: dict[str, Any]) -> None:
-        from .sweep import StopFlag
+        from .interrupts import StopFlag
 
         job_id = row["id"]
         stop = StopFlag()

@@ -29,6 +29,7 @@ from drivers.errors import (
 from drivers.prober import DieIndex, Prober, VeloxProber
 
 from .config import StationConfig
+from .interrupts import sigint_deferred
 from .safety import SafetyPolicy
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,8 @@ class Station:
     # ---- settings ----------------------------------------------------------------------
     def configure(self, pulse_v: float | None = None) -> None:
         """Reset the tester's settings to the station file's (all policy-checked); the write
-        amplitude to `pulse_v` if given."""
+        amplitude to `pulse_v` if given. Leaves the output off: only `_place` switches it
+        on, once the die is confirmed in contact."""
         m = self.config.measurement
         t = self.tester
         amplitude = m.pulse_v if pulse_v is None else pulse_v
@@ -248,8 +250,6 @@ class Station:
         t.pulse_width_s = m.pulse_width_s
         t.pulse_amplitude_v = amplitude
         self._pulse_v = amplitude
-        if self._die is not None:
-            t.output_enabled = True
 
     def set_pulse(self, amplitude_v: float) -> None:
         """Change the write amplitude (the driver's guard enforces the safety limit); kept
@@ -264,25 +264,33 @@ class Station:
     def snapshot(self) -> dict[str, Any]:
         """Identities and tester settings, stored with each run.
 
-        Each setting is read on its own (retried), and the whole set is read until two passes
-        agree, so neither a fault nor a garbled but parseable reply ends up in the store.
+        The whole set is read until two passes agree (`agreed`), so neither a fault nor a
+        garbled but parseable reply ends up in the store.
         """
         controls = self.tester.controls()
-        previous: dict[str, Any] | None = None
+        values = self.agreed("read tester settings", lambda: {
+            name: self.retry(f"read {name}", lambda name=name: getattr(self.tester, name))
+            for name in controls})
+        return {"identities": self.identities, "tester": self.tester.snapshot(values=values),
+                "safety": self.config.safety.model_dump()}
+
+    def agreed(self, what: str, read: Callable[[], T]) -> T:
+        """`read()` (which retries as it needs) until two results in a row agree: a garbled
+        reply that still parses (a digit cut off a die index, a setting) must not pass for
+        the instrument's."""
+        previous: list[T] = []
         for _ in range(self._session_attempts):
-            values = {name: self.retry(f"read {name}",
-                                       lambda name=name: getattr(self.tester, name))
-                      for name in controls}
-            if values == previous:
-                tester = self.tester.snapshot(values=values)
-                return {"identities": self.identities, "tester": tester,
-                        "safety": self.config.safety.model_dump()}
-            previous = values
-        raise StationError("snapshot: two reads of the tester settings never agreed")
+            value = read()
+            if previous and value == previous[0]:
+                return value
+            previous = [value]
+        raise StationError(f"{what}: two reads in a row never agreed")
 
     # ---- positioning -------------------------------------------------------------------
     def wafer_map(self) -> list[DieIndex]:
-        return self.retry("read wafer map", lambda: self.prober.wafer_map())
+        """The prober's wafer map, read until two reads agree (`agreed`)."""
+        return self.agreed("read wafer map",
+                           lambda: self.retry("read wafer map", lambda: self.prober.wafer_map()))
 
     def _place(self, die: DieIndex) -> None:
         """Idempotently bring `die` into contact with the output on; the position is read
@@ -320,24 +328,31 @@ class Station:
 
     def safe_state(self) -> None:
         """Best effort, never raising: output off and chuck separated, reopening the sessions
-        (without re-contacting any die) as often as recovery would."""
+        (without re-contacting any die) as often as recovery would. Each round tries both, so
+        a dead tester does not keep the chuck down, and a Ctrl-C waits until it is done."""
+        actions = {"output off": lambda: setattr(self.tester, "output_enabled", False),
+                   "separate": lambda: self.prober.separate()}
         attempts = self._session_attempts
-        for action in (lambda: setattr(self.tester, "output_enabled", False),
-                       lambda: self.prober.separate()):
+        with sigint_deferred():
             for attempt in range(attempts):
-                try:
-                    action()
-                    break
-                except Exception as err:
-                    log.warning("safe state: %s; reopening the sessions", err)
-                    if attempt + 1 == attempts:
-                        log.error("safe state not confirmed after %d attempts", attempts)
-                        break
-                    self._close_drivers()
+                for name in list(actions):
                     try:
-                        self._connect()
-                    except Exception as err2:
-                        log.error("safe state: reconnect failed: %s", err2)
+                        actions[name]()
+                        del actions[name]
+                    except Exception as err:
+                        log.warning("safe state: %s: %s", name, err)
+                if not actions:
+                    return
+                if attempt + 1 == attempts:
+                    break
+                log.warning("safe state: reopening the sessions")
+                self._close_drivers()
+                try:
+                    self._connect()
+                except Exception as err:
+                    log.error("safe state: reconnect failed: %s", err)
+            log.error("safe state not confirmed after %d attempts: %s", attempts,
+                      ", ".join(actions))
 
     def close(self) -> None:
         """Safe state, then release the sessions."""

@@ -7,61 +7,23 @@ the sweep to stop at the next safe point: between dies, chuck separated, output 
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from types import FrameType
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from drivers.prober import DieIndex
 
 from . import __version__
-from .config import StationConfig, station_to_yaml
+from .config import StationConfig, parse_station, station_to_yaml
 from .defect_map import DieMeasurement, measure_defect_map
+from .interrupts import StopFlag
 from .station import Station
 from .store import SWEEP_KIND, RunStore, die_key
 
 
 class SweepInterrupted(RuntimeError):
     """The operator asked the sweep to stop; it stopped at a safe point and can resume."""
-
-
-@dataclass
-class StopFlag:
-    """Set from a signal handler or another thread; checked at safe points."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-
-    def request(self) -> None:
-        self.event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self.event.is_set()
-
-
-@contextmanager
-def stop_on_sigint(flag: StopFlag) -> Iterator[None]:
-    """Turn the first Ctrl-C into a stop request (a second one interrupts at once)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if flag.requested:
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        flag.request()
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def planned_dies(station: Station) -> list[DieIndex]:
@@ -77,6 +39,37 @@ def planned_dies(station: Station) -> list[DieIndex]:
     if plan.order == "map":
         return [d for d in wafer_map if d in wanted]
     return wanted
+
+
+#: station-file settings that shape a sweep's data: a resumed sweep must keep them (timeouts,
+#: retries, safety limits and the name may change between the two parts)
+RESUME_KEYS = ("instruments.simulated", "instruments.visa_library",
+               "instruments.prober.resource", "instruments.prober.dialect",
+               "instruments.tester.resource", "wafer", "measurement")
+
+
+def check_resume(store: RunStore, run_id: int, station: Station) -> None:
+    """Refuse to resume `run_id` with other instruments or another station file than it was
+    started with: its remaining dies would be measured on another wafer, plan or settings
+    and stored as if they were the same run."""
+    stored = parse_station(store.run_row(run_id)["station_yaml"], f"run {run_id}").model_dump()
+    now = station.config.model_dump()
+
+    def at(tree: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            tree = tree[part]
+        return tree
+
+    changed = [key for key in RESUME_KEYS if at(stored, key) != at(now, key)]
+    if changed:
+        raise ValueError(f"{store.path}: run {run_id} was started with other settings "
+                         f"({', '.join(changed)} differ); resume it with its own station file "
+                         f"(mtjlab runs --store {store.path} --station {run_id}) or start a "
+                         f"new sweep")
+    identities = store.snapshot(run_id).get("identities")
+    if identities and identities != station.identities:
+        raise ValueError(f"{store.path}: run {run_id} was started on other instruments "
+                         f"({identities} then, {station.identities} now)")
 
 
 def die_arrays(m: DieMeasurement) -> dict[str, np.ndarray]:
@@ -138,6 +131,7 @@ def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
         if run_id is None:
             run_id = start_run(store, station, config, SWEEP_KIND)
         else:
+            check_resume(store, run_id, station)
             store.set_status(run_id, "running")
         try:
             sweep(station, store, run_id, stop=stop, progress=progress)

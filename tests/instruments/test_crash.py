@@ -16,8 +16,9 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from instruments.interrupts import StopFlag, stop_on_sigint
 from instruments.store import RunStore
-from instruments.sweep import StopFlag, SweepInterrupted, run_sweep, stop_on_sigint
+from instruments.sweep import SweepInterrupted, run_sweep
 
 from .conftest import REPO
 from .fault_support import (

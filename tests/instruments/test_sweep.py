@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from drivers.prober import DieIndex
+from instruments.interrupts import StopFlag
 from instruments.station import Station
 from instruments.store import RunStore, die_key
-from instruments.sweep import StopFlag, SweepInterrupted, run_sweep
+from instruments.sweep import SweepInterrupted, run_sweep
 
 from .conftest import station_config
 from .fault_support import devices

@@ -1,0 +1,70 @@
+"""Ctrl-C policy: a stop request between dies, and no interruption while making safe.
+
+Python delivers SIGINT to the main thread only, so elsewhere (a service worker) these
+context managers do nothing; there a stop comes through `StopFlag` alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+Handler = Callable[[int, FrameType | None], Any]
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler or another thread; checked at safe points."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def request(self) -> None:
+        self.event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+@contextmanager
+def _sigint_handled(make: Callable[[Any], Handler]) -> Iterator[None]:
+    """SIGINT handled by make(previous handler) for the block, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, make(previous))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_on_sigint(flag: StopFlag) -> AbstractContextManager[None]:
+    """Turn the first Ctrl-C into a stop request (a second one interrupts at once)."""
+
+    def make(previous: Any) -> Handler:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if flag.requested:
+                signal.signal(signal.SIGINT, previous)
+                raise KeyboardInterrupt
+            flag.request()
+        return handler
+
+    return _sigint_handled(make)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt: making the station safe
+    (output off, chuck separated) must not be cut short by the operator's own interrupt."""
+    caught: list[int] = []
+    with _sigint_handled(lambda _previous: lambda signum, _frame: caught.append(signum)):
+        yield
+    if caught:
+        raise KeyboardInterrupt

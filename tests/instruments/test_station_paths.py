@@ -1,0 +1,156 @@
+"""Station paths where a fault meets a second event: a garbled but parseable wafer map, a
+reconnect on the way into contact, a dead tester while making safe (with a Ctrl-C), a resume
+with another station file, a die planned twice, and a job's write settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from drivers.prober import DieIndex
+from instruments.config import StationFileError, parse_station
+from instruments.interrupts import StopFlag
+from instruments.job_kinds import JobContext, ProgramJob, run_program
+from instruments.station import Station
+from instruments.store import RunStore
+from instruments.sweep import SweepInterrupted, run_sweep
+
+from .fault_support import (
+    SMALL_WAFER,
+    Rule,
+    ScriptedFaults,
+    assert_safe,
+    devices,
+    station_config,
+)
+
+
+class CutLastByte(ScriptedFaults):
+    """A garble that still parses: '11 11' loses its last digit and reads '11 1'."""
+
+    def garble(self, reply: bytes) -> bytes:
+        return reply.rstrip(b"\n")[:-1] + b"\n"
+
+
+def test_a_garbled_wafer_map_is_read_again(tmp_path: Path) -> None:
+    wafer = {"grid_cols": 12, "grid_rows": 12, "rows": 4, "cols": 8}
+    faults = CutLastByte([Rule(r"ReadWaferMap", "garble")])
+    with Station(station_config(wafer)) as st:
+        truth = st.prober.wafer_map()
+        faults.install(st)
+        assert st.wafer_map() == truth
+    assert faults.counts["garble"] == 1
+    assert DieIndex(11, 11) in truth
+
+
+def test_output_goes_on_only_with_the_die_in_contact() -> None:
+    """A prober fault on the way into contact forces a reconnect, which restores the settings
+    with the output off; the output goes on once the die is confirmed under the probes."""
+    with Station(station_config(SMALL_WAFER)) as st:
+        tester = devices(st)[1]
+        lib = st.rm.visalib
+        seen: list[bool] = []
+        write = tester.write
+
+        def spy(data: bytes) -> Any:
+            if data.strip().upper().startswith(b"OUTP ON"):
+                seen.append(bool(lib.prober.in_contact))
+            return write(data)
+
+        tester.write = spy
+        ScriptedFaults([Rule(r"MoveChuckContact", "prober_error")]).install(st)
+        with st.at_die(DieIndex(1, 0)):
+            pass
+        assert st.recoveries == 1
+        assert seen and all(seen)
+        assert_safe(st)
+
+
+class DeadTester(ScriptedFaults):
+    """Every tester message times out once armed; the prober keeps answering. With
+    `ctrl_c` set, the next message sent brings a Ctrl-C (SIGINT to this process)."""
+
+    ctrl_c: bool = False
+
+    def draw(self, message: bytes, applicable: Any = ()) -> str | None:
+        if self.ctrl_c:
+            self.ctrl_c = False
+            os.kill(os.getpid(), signal.SIGINT)
+        if self.armed and "scpi_error" in applicable:  # only the tester can show SCPI errors
+            self.counts["timeout"] += 1
+            return "timeout"
+        return None
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+def test_a_dead_tester_does_not_keep_the_chuck_down_even_on_ctrl_c() -> None:
+    st = Station(station_config(SMALL_WAFER))
+    dead = DeadTester(armed=False).install(st)
+    lib = st.rm.visalib
+    making_safe = st.safe_state
+
+    def safe_state_interrupted() -> None:  # the operator presses Ctrl-C while making safe
+        dead.ctrl_c = True
+        making_safe()
+
+    st.safe_state = safe_state_interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt), st.at_die(DieIndex(1, 0)):
+        dead.armed = True
+        st.retry("read array", lambda: st.tester.read_array())
+    assert dead.counts["timeout"] > 0
+    assert not lib.prober.in_contact, "chuck left in contact"
+    dead.armed = False
+    st.safe_state = making_safe  # type: ignore[method-assign]
+    st.close()
+    assert_safe(st)
+
+
+def test_resume_refuses_another_station_file(tmp_path: Path) -> None:
+    first = station_config(SMALL_WAFER)
+    other = station_config(SMALL_WAFER, seed=1, measurement={"pulse_v": 1.1})
+    stop = StopFlag()
+    with RunStore(tmp_path / "run.sqlite") as store:
+        with pytest.raises(SweepInterrupted):
+            run_sweep(first, store, stop=stop, progress=lambda _d, _m: stop.request())
+        with pytest.raises(ValueError, match=r"instruments.simulated, measurement differ.*"
+                                             r"--station 1"):
+            run_sweep(other, store, resume=True)
+        assert len(store.dies_done(1)) == 1  # nothing measured with the wrong settings
+        calmer = first.model_copy(update={"retry": first.retry.model_copy(
+            update={"max_attempts": 6})})  # retries and timeouts may change
+        run_sweep(calmer, store, resume=True)
+        assert sorted(Counter(store.dies_done(1)).values()) == [1, 1, 1, 1]
+
+
+def test_a_die_planned_twice_is_refused() -> None:
+    with pytest.raises(StationFileError, match=r"dies listed more than once: \[\(0, 0\)\]"):
+        parse_station("wafer: {dies: [[0, 0], [1, 0], [0, 0]]}\n", "st.yaml")
+
+
+@pytest.mark.parametrize("fault", [None, "drop"])
+def test_a_jobs_pulse_width_is_used_and_then_restored(tmp_path: Path, fault: str | None
+                                                       ) -> None:
+    """The job's width reaches every pulse, with or without a reconnect mid-job, and the
+    station's width is back on the tester afterwards."""
+    with Station(station_config(SMALL_WAFER)) as st:
+        if fault:
+            ScriptedFaults([Rule(r"MEAS:ARR", fault)]).install(st)
+        wafer = st.rm.visalib.wafer
+        ctx = JobContext(st, tmp_path / "unused.sqlite", StopFlag(), lambda *_a: None,
+                         lambda **_k: None)
+        job = ProgramJob(die=(0, 0), targets=np.ones(st.tester.shape, np.uint8),
+                         pulse_width_s=2e-7)
+        before = len(wafer.pulses)
+        run_program(ctx, job)
+        assert {p.width_s for p in wafer.pulses[before:]} == {2e-7}
+        assert devices(st)[1].setting("pulse_width_s") == pytest.approx(5e-8)
+        assert st.recoveries == (1 if fault else 0)
+        assert_safe(st)
