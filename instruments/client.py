@@ -29,6 +29,10 @@ URL_ENV, TOKEN_ENV = "MTJLAB_SERVER", "MTJLAB_TOKEN"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 
 
+#: pause before reconnecting to a service that did not answer, doubling up to the maximum
+RECONNECT_PAUSE_S = 0.1
+RECONNECT_PAUSE_MAX_S = 2.0
+
 class ServiceError(RuntimeError):
     """The service could not be reached, or failed to answer (5xx)."""
 
@@ -145,10 +149,13 @@ class Client:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last = -1
+        failures = 0  # stream attempts in a row that found no service
+        unanswered: httpx.TransportError | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g} s")
+                why = f" (the service did not answer: {unanswered})" if unanswered else ""
+                raise TimeoutError(f"job {job_id} did not finish within {timeout_s:g} s{why}")
             read = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
             try:
                 for view in self._stream(job_id, httpx.Timeout(self.timeout_s, read=read)):
@@ -160,6 +167,13 @@ class Client:
             except httpx.TransportError as err:
                 if deadline is None and not isinstance(err, httpx.ReadTimeout):
                     raise ServiceError(f"lost the event stream of job {job_id}: {err}") from err
+                if isinstance(err, httpx.ReadTimeout) or deadline is None:
+                    failures, unanswered = 0, None  # connected; the job is just slow
+                    continue
+                failures += 1
+                unanswered = err
+                pause = min(RECONNECT_PAUSE_S * 2 ** (failures - 1), RECONNECT_PAUSE_MAX_S)
+                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
 
     def _stream(self, job_id: int, timeout: httpx.Timeout) -> Iterator[dict[str, Any]]:
         with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=timeout) as response:

@@ -59,16 +59,32 @@ def encode_array(array: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_npy(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
-    """Parse .npy bytes safely: header checked before any allocation, no pickles."""
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy bytes in buf, which is left at the data."""
     fmt = np.lib.format
-    buf = io.BytesIO(data)
     try:
         version = fmt.read_magic(buf)
         header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = header(buf)
+        return header(buf)  # type: ignore[no-any-return]
     except Exception as err:  # any parse failure is the sender's fault
         raise ValueError(f"not a valid .npy array: {err}") from None
+
+
+def array_summary(value: str) -> dict[str, Any]:
+    """dtype and shape of base64 .npy text (as stored for a job) from its header alone: listing
+    jobs must not decode megabytes of inputs."""
+    try:
+        shape, _fortran, dtype = _npy_header(io.BytesIO(base64.b64decode(value[:1024])))
+    except (ValueError, binascii.Error):  # a header longer than the prefix: decode it all
+        a = to_array(value)
+        shape, dtype = a.shape, a.dtype
+    return {"dtype": str(dtype), "shape": list(shape)}
+
+
+def decode_npy(data: bytes, max_bytes: int = MAX_ARRAY_BYTES) -> np.ndarray:
+    """Parse .npy bytes safely: header checked before any allocation, no pickles."""
+    buf = io.BytesIO(data)
+    shape, fortran, dtype = _npy_header(buf)
     if dtype.hasobject or dtype.kind not in "biuf":
         raise ValueError(f"array dtype {dtype} not allowed (use integer, bool or float)")
     count = math.prod(shape)
@@ -293,10 +309,11 @@ class JobContext:
     stop: Any  # instruments.interrupts.StopFlag
     progress: Callable[[int, int | None, str], None]
     note: Callable[..., None]
+    job_id: int = 0
 
-    def check_stop(self) -> None:
+    def check_stop(self, where: str = "before touching the instruments") -> None:
         if self.stop.requested:
-            raise StopRequestedError("stopped before touching the instruments")
+            raise StopRequestedError(f"stopped {where}")
 
 
 @contextmanager
@@ -360,7 +377,8 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:
-        currents.append(st.column_currents(rows).astype(np.float32))
+        currents.append(st.column_currents(
+            rows, lambda: ctx.check_stop("between inference queries")).astype(np.float32))
         return currents[-1]
 
     with _at_die(ctx, job.die, "inferring on"):
@@ -396,7 +414,8 @@ def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
                              dies=planned)
         except SweepInterrupted as err:
             store.set_status(run_id, "interrupted", str(err))
-            raise StopRequestedError(f"{err} (run {run_id})") from err
+            raise StopRequestedError(f"stopped before die {err.die}; resume with 'mtjlab jobs "
+                                     f"--resume {ctx.job_id}' (run {run_id})") from err
         except BaseException as err:
             store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
             raise

@@ -8,6 +8,7 @@ marked `interrupted` and can be resumed (a sweep continues its run from the jour
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import sqlite3
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .config import StationConfig
 from .job_kinds import (
@@ -27,8 +28,8 @@ from .job_kinds import (
     JobContext,
     StationInfo,
     StopRequestedError,
+    array_summary,
     npz_bytes,
-    to_array,
     warm_up,
 )
 
@@ -75,13 +76,29 @@ def _describe_params(params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
     for name in ARRAY_FIELDS:
         if isinstance(out.get(name), str):
-            a = to_array(out[name])
-            out[name] = {"dtype": str(a.dtype), "shape": list(a.shape)}
+            out[name] = array_summary(out[name])
     return out
 
 
 class QueueFullError(RuntimeError):
     """Too many queued jobs (HTTP 503)."""
+
+
+class StoreInUseError(RuntimeError):
+    """Another service holds the job queue (and so the instruments)."""
+
+
+def _hold_exclusively(path: Path) -> IO[bytes]:
+    """An open lock file held with an exclusive advisory lock until it is closed (or the
+    process ends): one service per queue, so two workers never drive the same station."""
+    handle = open(path, "ab")  # noqa: SIM115 (held open for the service's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreInUseError(f"{path}: another mtjlab service is using this job queue and "
+                              "its instruments; stop it first") from None
+    return handle
 
 
 class JobStore:
@@ -91,8 +108,13 @@ class JobStore:
         self.path = Path(path)
         self.max_queued = max_queued
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                  timeout=10)
+        self._held = _hold_exclusively(self.path.with_name(self.path.name + ".lock"))
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                      timeout=10)
+        except sqlite3.Error:
+            self._held.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
@@ -116,6 +138,7 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self.db.close()
+            self._held.close()
 
     def _row(self, db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
         row = db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?",
@@ -323,15 +346,21 @@ class Worker:
             return True
         return False
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop after the current job reaches a safe point; close the Station."""
+    def stop(self, report_every_s: float = 30.0) -> None:
+        """Stop after the current job reaches a safe point; close the Station.
+
+        Waits for as long as that takes (each instrument call is bounded by its timeout and
+        retries): leaving earlier would kill the worker with the chuck down or the output on."""
         self._stopping = True
         current = self.current
         if current is not None:
             current[1].request()
         self.wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        while self._thread.is_alive():
+            self._thread.join(report_every_s)
+            if self._thread.is_alive():
+                log.warning("still waiting for job %s to reach a safe point",
+                            self.current[0] if self.current else "?")
 
     # ---- the thread ------------------------------------------------------------------------
     def _main(self) -> None:
@@ -385,7 +414,7 @@ class Worker:
             stop.request()  # cancelled between claim and now
         ctx = JobContext(station, self.store_path, stop,
                          lambda d, t, m="": self.jobs.progress(job_id, d, t, m),
-                         lambda **kw: self.jobs.note(job_id, **kw))
+                         lambda **kw: self.jobs.note(job_id, **kw), job_id)
         try:
             job = REQUEST.validate_python({"kind": row["kind"], **json.loads(row["params"])})
             outcome = RUNNERS[job.kind](ctx, job)

@@ -145,10 +145,6 @@ class BearerAuth:
         return await self.app(scope, receive, send)
 
 
-class _TooLargeError(Exception):
-    pass
-
-
 class BodyLimit:
     """Refuse request bodies above `max_bytes` with 413 (declared or streamed)."""
 
@@ -162,27 +158,26 @@ class BodyLimit:
         too_big = f"request body exceeds {self.max_bytes} bytes"
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await _reject(send, 413, too_big)
+        # Read the whole body first (at most max_bytes): a limit raised from inside the app's
+        # body parsing would come back as FastAPI's 400, and chunked bodies declare no length.
+        messages: list[dict[str, Any]] = []
         seen = 0
-        started = False
-
-        async def counting_receive() -> dict[str, Any]:
-            nonlocal seen
+        while True:
             message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLargeError
-            return message
+                return await _reject(send, 413, too_big)
+            if not message.get("more_body", False):
+                break
+        replay = iter(messages)
 
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replayed_receive() -> dict[str, Any]:
+            return next(replay, None) or await receive()
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLargeError:
-            if not started:
-                await _reject(send, 413, too_big)
+        await self.app(scope, replayed_receive, send)
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -301,18 +296,20 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         svc.worker.wake()
         return view
 
+    # Handlers that read the job store are plain functions: FastAPI runs them on its thread
+    # pool, so a long listing does not hold up /health or the event streams.
     @app.get("/jobs", response_model=list[JobView], tags=["jobs"])
-    async def list_jobs(state: State | None = None, kind: str | None = Query(None, max_length=32),
-                        limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    def list_jobs(state: State | None = None, kind: str | None = Query(None, max_length=32),
+                  limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         """The newest `limit` jobs, oldest first."""
         return svc.jobs.list(state, kind, limit)
 
     @app.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-    async def get_job(job_id: int = JobId) -> dict[str, Any]:
+    def get_job(job_id: int = JobId) -> dict[str, Any]:
         return svc.job_or_404(job_id)
 
     @app.delete("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-    async def cancel(job_id: int = JobId) -> dict[str, Any]:
+    def cancel(job_id: int = JobId) -> dict[str, Any]:
         """Cancel: a queued job at once; a running one stops at its next safe point."""
         svc.job_or_404(job_id)
         acted, state = svc.jobs.cancel(job_id)

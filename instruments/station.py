@@ -210,14 +210,20 @@ class Station:
                 self.recover(what)
         raise StationError(f"{what}: gave up after {attempts} attempts: {last}") from last
 
-    def column_currents(self, rows: np.ndarray) -> np.ndarray:
+    def column_currents(self, rows: np.ndarray, before_each: Callable[[], None] | None = None
+                        ) -> np.ndarray:
         """Column currents (n, cols) in A of row patterns (n, rows) on the die under the
         probes, in queries of at most `measurement.infer_batch_rows` vectors, each retried
-        on its own (an output layer read in parts sends n x output_reads patterns)."""
+        on its own (an output layer read in parts sends n x output_reads patterns).
+        before_each() runs before every query (e.g. to honour a stop request)."""
         step = self.config.measurement.infer_batch_rows
-        return np.concatenate([
-            self.retry("inference", lambda part=rows[i:i + step]: self.tester.infer(part))
-            for i in range(0, len(rows), step)])
+        parts = []
+        for i in range(0, len(rows), step):
+            if before_each is not None:
+                before_each()
+            part = rows[i:i + step]
+            parts.append(self.retry("inference", lambda part=part: self.tester.infer(part)))
+        return np.concatenate(parts)
 
     def recover(self, what: str) -> None:
         """Reconnect after a transient fault, with bounded attempts; StationError if none

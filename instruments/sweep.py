@@ -25,6 +25,10 @@ from .store import SWEEP_KIND, RunStore, die_key
 class SweepInterrupted(RuntimeError):
     """The operator asked the sweep to stop; it stopped at a safe point and can resume."""
 
+    def __init__(self, die: str) -> None:
+        super().__init__(f"stopped before die {die}; resume with --resume")
+        self.die = die
+
 
 def planned_dies(station: Station) -> list[DieIndex]:
     """Dies to visit, from the station file's wafer plan and the prober's wafer map."""
@@ -107,7 +111,7 @@ def sweep(station: Station, store: RunStore, run_id: int, *,
                 progress(die, None)
             continue
         if stop.requested:
-            raise SweepInterrupted(f"stopped before die {key}; resume with --resume")
+            raise SweepInterrupted(key)
         store.journal(run_id, key, "die", "started")
         with station.at_die(die):
             store.journal(run_id, key, "measure", "started")

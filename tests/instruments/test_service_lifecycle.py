@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -10,10 +12,14 @@ import numpy as np
 import pytest
 
 from instruments.client import Client, RequestRejectedError, ServiceError
-from instruments.job_kinds import encode_array
+from instruments.job_kinds import array_summary, encode_array
+from instruments.jobs import StoreInUseError
+from instruments.service import create_app, default_jobs_path
+from instruments.station import Station
 from instruments.store import RunStore
 from training.defects import CellDefect
 
+from .fault_support import assert_safe
 from .service_support import client, live, small_config
 
 
@@ -151,6 +157,7 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
                 assert c.cancel(job["id"])["cancel_requested"]
         stopped = c.get(job["id"])
         assert stopped["state"] == "cancelled", stopped
+        assert f"resume with 'mtjlab jobs --resume {job['id']}'" in stopped["error"]
         done = stopped["progress"]["done"]
         assert 2 <= done < 36
         run_id = stopped["summary"]["run_id"]
@@ -200,3 +207,71 @@ def test_a_job_whose_bookkeeping_fails_is_marked_failed_and_the_worker_goes_on(
         assert c.wait(first["id"], timeout_s=30)["state"] == "failed"
         assert c.wait(second["id"], timeout_s=30)["state"] == "succeeded"
         assert c.health()["worker"] == "running"
+
+
+def test_a_chunked_body_too_large_is_413(service) -> None:
+    """No Content-Length to refuse up front: the limit counts the streamed body."""
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"{"
+        for _ in range(9):
+            yield b" " * (1024 * 1024)
+        yield b"}"
+
+    r = httpx.post(f"{service[0]}/jobs", content=chunks(),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 413, r.text
+    assert "request body exceeds" in r.text
+
+
+def test_a_second_service_on_the_same_queue_is_refused(tmp_path: Path) -> None:
+    with live(tmp_path), pytest.raises(StoreInUseError, match="another mtjlab service"):
+        create_app(small_config(), tmp_path / "run.sqlite")
+    create_app(small_config(), tmp_path / "run.sqlite").state.service.jobs.close()  # free again
+
+
+def test_listing_jobs_reads_array_headers_only() -> None:
+    for a in (np.zeros((3, 100), np.uint8), np.ones((2, 4, 5), np.float32), np.arange(7)):
+        assert array_summary(encode_array(a)) == {"dtype": str(a.dtype), "shape": list(a.shape)}
+
+
+def test_stopping_the_service_waits_for_the_job_to_reach_a_safe_point(tmp_path: Path) -> None:
+    """A long inference (many queries) is stopped between two queries when the service
+    stops: the job is interrupted, the chuck separated and the output off."""
+    stations: list[Station] = []
+
+    def factory(config):  # type: ignore[no-untyped-def]
+        stations.append(Station(config))
+        return stations[-1]
+
+    config = small_config().model_copy(update={"measurement": small_config().measurement
+                                               .model_copy(update={"infer_batch_rows": 4})})
+    with live(tmp_path, config=config, station_factory=factory) as (url, _app), \
+            client(url) as c:
+        x = (np.random.default_rng(0).random((600, 100)) > 0.5).astype(np.uint8)
+        job = c.submit("infer", die=(0, 0), inputs=x)
+        for view in c.events(job["id"], timeout_s=60):
+            if view["progress"]["message"].startswith("inferring on"):
+                break
+    # read the queue file as the stopped service left it (reopening it as a JobStore would
+    # mark a job left running as interrupted)
+    with closing(sqlite3.connect(default_jobs_path(tmp_path / "run.sqlite"))) as db:
+        state, error = db.execute("SELECT state, error FROM jobs WHERE id=?",
+                                  (job["id"],)).fetchone()
+    assert state == "interrupted", (state, error)
+    assert "between inference queries" in error
+    assert_safe(stations[0])
+
+
+def test_waiting_on_a_service_that_does_not_answer_backs_off(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    with Client("http://127.0.0.1:9", timeout_s=1) as c:  # nothing listens on port 9
+        attempts: list[int] = []
+        stream = c._stream
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            attempts.append(1)
+            return stream(*args, **kwargs)
+
+        monkeypatch.setattr(c, "_stream", counted)
+        with pytest.raises(TimeoutError, match="the service did not answer"):
+            list(c.events(1, timeout_s=1.0))
+    assert 2 <= len(attempts) <= 8  # 0.1, 0.2, 0.4 ... s apart, not a busy loop
