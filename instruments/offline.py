@@ -151,15 +151,17 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TRAIN_METHODS)}")
     config = config or ExperimentConfig()
     t0 = time.perf_counter()
+    data_dir = absolute(data_dir)
     data = load_default(data_dir, seed=seed)
     with _open(store_path) as store, EpochBars(quiet) as bars:
         epochs = bars if on_epoch is None else _both(bars, on_epoch)
         measured = load_measurements(store)
+        # the network must fit the measured array for every method: refused before training
+        setup = prepare(measured.maps, measured.device_model(), config)
         if method == "baseline":
             run_id, info, _weights = _train_baseline(store, measured, data, data_dir, seed,
                                                      config, quiet, epochs)
         else:
-            setup = prepare(measured.maps, measured.device_model(), config)
             baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
                                                quiet, epochs)
             if method == "hat":
@@ -184,6 +186,13 @@ def _both(first: StageEpochHook, second: StageEpochHook) -> StageEpochHook:
         second(stage, done, total, loss)
 
     return hook
+
+
+def absolute(data_dir: str | None) -> str | None:
+    """A data folder as stored and compared: absolute, so that the same folder named another
+    way (relative, a trailing slash) is the same data, and a run evaluated from another
+    working directory finds it."""
+    return None if data_dir is None else str(Path(data_dir).resolve())
 
 
 def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
@@ -231,6 +240,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
     seed, data_dir: the data set and split the weights were trained on (the default); any
     other is refused, since its test digits could be training digits.
     """
+    data_dir = absolute(data_dir)
     with _open(store_path) as store:
         measured = load_measurements(store)
         trained_runs = _latest_trained(store, measured)

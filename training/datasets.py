@@ -13,6 +13,7 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DatasetError(f"{path}: corrupt gzip data ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DatasetError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
@@ -101,13 +102,21 @@ def load_mnist(folder: str | Path) -> Dataset:
         images, labels = read_idx(ipath), read_idx(lpath)
         if images.ndim != 3:
             raise DatasetError(f"{ipath}: expected 3-D images, got shape {images.shape}")
+        if images.dtype != np.uint8:  # MNIST's pixels are bytes; others would not scale by 255
+            raise DatasetError(f"{ipath}: expected unsigned-byte pixels (IDX type 0x08), got "
+                               f"{images.dtype}")
         if labels.ndim != 1:
             raise DatasetError(f"{lpath}: expected 1-D labels, got shape {labels.shape}")
+        if labels.dtype.kind not in "iu":
+            raise DatasetError(f"{lpath}: expected integer labels, got {labels.dtype}")
         if len(images) != len(labels):
             raise DatasetError(f"{ipath} has {len(images)} images but {lpath} has "
                                f"{len(labels)} labels")
-        if labels.size and labels.max() > 9:
-            raise DatasetError(f"{lpath}: label {int(labels.max())} outside 0..9")
+        if len(images) == 0:
+            raise DatasetError(f"{ipath}: no images (the {split} split is empty)")
+        if labels.min() < 0 or labels.max() > 9:
+            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise DatasetError(f"{lpath}: label {bad} outside 0..9")
         parts[split] = (images.astype(np.float32) / 255.0, labels.astype(np.int64))
     return Dataset(*parts["train"], *parts["test"], name=f"mnist:{folder}")
 

@@ -58,6 +58,8 @@ class DefectMap:
         kinds = np.asarray(self.kinds)
         if kinds.ndim != 2:
             raise ValueError(f"DefectMap kinds must be 2-D (rows, cols), got shape {kinds.shape}")
+        if kinds.dtype.kind not in "iub":  # a float NaN or 1.5 would cast to a valid code
+            raise ValueError(f"DefectMap kinds must be integer codes, got {kinds.dtype}")
         if kinds.size and (kinds.min() < 0 or kinds.max() > max(CellDefect)):
             raise ValueError(
                 f"DefectMap kinds hold codes outside 0..{int(max(CellDefect))}: "

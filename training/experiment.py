@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .datasets import BinaryData
 from .defects import DefectMap, DefectStatistics
@@ -86,6 +86,14 @@ class ExperimentConfig(BaseModel):
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     hat_placement: bool = True
     init_from_baseline: bool = Field(True, description="HAT and SAT start from the baseline")
+
+    @model_validator(mode="after")
+    def _two_layers(self) -> ExperimentConfig:
+        if len(self.network.sizes) != 3:
+            raise ValueError(f"the experiment's networks have two layers (sizes: inputs, "
+                             f"hidden, classes; defect-aware placement needs that), got sizes "
+                             f"{self.network.sizes}")
+        return self
 
     @classmethod
     def small(cls) -> ExperimentConfig:

@@ -38,7 +38,8 @@ class NetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sizes: tuple[int, ...] = Field((100, 90, 10), description="inputs, hidden..., classes")
+    sizes: tuple[int, ...] = Field((100, 90, 10), min_length=2,
+                                   description="inputs, hidden..., classes")
     output_copies: int = Field(1, ge=1, description="redundant copies of each output neuron")
     copy_combine: str = Field("mean", pattern="^(mean|median)$")
     ste_window: float = Field(0.5, gt=0, description="hidden STE window, units of sqrt(n_in)")

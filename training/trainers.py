@@ -204,3 +204,8 @@ def _check_inputs(data: BinaryData, net_config: NetworkConfig) -> None:
     if data.n_inputs != net_config.sizes[0]:
         raise ValueError(f"data has {data.n_inputs} inputs, the network expects "
                          f"{net_config.sizes[0]}")
+    classes = net_config.sizes[-1]
+    for part, y in (("training", data.y_train), ("test", data.y_test)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(f"{part} labels span {int(y.min())}..{int(y.max())}, the network "
+                             f"has {classes} classes (labels 0..{classes - 1})")

@@ -10,8 +10,9 @@ import pytest
 
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
-from instruments.offline import WHOLE_RUN
+from instruments.offline import WHOLE_RUN, train_from_store
 from instruments.store import RunStore
+from tests.training.test_datasets import write_mnist
 from training.experiment import METHODS, ExperimentConfig
 
 STATION = """
@@ -134,3 +135,29 @@ def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
     with RunStore(swept_store, create=False) as store_:
         summary = store_.record(store_.latest_run("evaluate"), WHOLE_RUN, "summary")
     assert summary["seed"] == 4 and len(summary["methods"]["unaware"]["per_die"]) == 3
+
+
+def test_the_data_folder_is_the_same_however_it_is_named(
+        swept_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Trained with a relative folder, evaluated from elsewhere by its absolute name with a
+    trailing slash: the same data, so the evaluation runs on the training split."""
+    write_mnist(tmp_path / "digits", n_train=60, n_test=20)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "train", "--store", str(swept_store), "--method", "baseline", "--small",
+                 "--data-dir", "digits"]) == EXIT_OK
+    monkeypatch.chdir(tmp_path / "digits")
+    assert main(["-q", "evaluate", "--store", str(swept_store),
+                 "--data-dir", f"{tmp_path / 'digits'}/"]) == EXIT_OK, capsys.readouterr().err
+
+
+def test_a_network_that_does_not_fit_is_refused_before_any_training(
+        swept_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with RunStore(swept_store, create=False) as store:
+        before = len(store.runs())
+    big = ExperimentConfig.small().network.model_copy(update={"sizes": (100, 150, 10)})
+    with pytest.raises(ValueError, match=r"needs \d+ rows x \d+ columns"):
+        train_from_store(swept_store, "baseline", config=ExperimentConfig.small().model_copy(
+            update={"network": big}))
+    with RunStore(swept_store, create=False) as store:
+        assert len(store.runs()) == before  # nothing stored

@@ -76,6 +76,42 @@ def test_label_image_mismatch(tmp_path: Path) -> None:
         load_mnist(tmp_path)
 
 
+def test_corrupt_deflate_stream_names_the_file(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress(idx_bytes(np.zeros((4, 3)))))
+    data[10] = 0xFF  # the first byte of the deflate stream: an invalid block type
+    path = tmp_path / "bad-deflate.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"bad-deflate.gz: corrupt gzip data"):
+        read_idx(path)
+
+
+def _idx_typed(arr: np.ndarray, code: int) -> bytes:
+    """IDX bytes of arr with type code (0x08 ubyte, 0x09 sbyte, 0x0D float32, big-endian)."""
+    dtype = {0x08: ">u1", 0x09: ">i1", 0x0D: ">f4"}[code]
+    return struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(
+        f">{arr.ndim}I", *arr.shape) + np.asarray(arr, dtype).tobytes()
+
+
+@pytest.mark.parametrize(("name", "data", "fragment"), [
+    ("train-images-idx3-ubyte", _idx_typed(np.zeros((30, 28, 28)), 0x0D),
+     "expected unsigned-byte pixels"),
+    ("train-labels-idx1-ubyte", _idx_typed(np.full(30, -1), 0x09), "label -1 outside 0..9"),
+    ("train-labels-idx1-ubyte", _idx_typed(np.full(30, 3.0), 0x0D), "expected integer labels"),
+])
+def test_bad_pixel_and_label_types_name_the_file(tmp_path: Path, name: str, data: bytes,
+                                                 fragment: str) -> None:
+    write_mnist(tmp_path, gz=False)
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DatasetError, match=rf"{name}.*{fragment}|{fragment}"):
+        load_mnist(tmp_path)
+
+
+def test_an_empty_split_is_refused(tmp_path: Path) -> None:
+    write_mnist(tmp_path, n_train=0, gz=False)
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: no images"):
+        load_mnist(tmp_path)
+
+
 def test_preprocess_binarises_and_resamples() -> None:
     img = np.zeros((2, 28, 28), np.float32)
     img[0, :14] = 1.0

@@ -20,6 +20,8 @@ def test_defect_map_validation() -> None:
         DefectMap(np.zeros((2, 4), np.int8), np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match="codes outside"):
         DefectMap(np.full((2, 2), 7, np.int8))
+    with pytest.raises(ValueError, match="integer codes, got float64"):
+        DefectMap(np.array([[0.0, np.nan], [1.5, 2.0]]))  # NaN would cast to OK
     m = DefectMap(np.zeros((2, 4), np.int8))
     with pytest.raises(ValueError, match=r"\(2, 4\).*\(100, 200\)"):
         m.check_shape((100, 200))

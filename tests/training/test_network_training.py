@@ -15,6 +15,7 @@ from training.evaluation import (
     evaluate_on_dies,
     software_error,
 )
+from training.experiment import ExperimentConfig
 from training.mapping import (
     ArrayLayout,
     cells_from_defect_maps,
@@ -165,3 +166,17 @@ def test_placement_avoids_shorted_output_column(toy_data: BinaryData) -> None:
     # the placed layout still programs and runs as a layout
     states = lo.target_states([w[0] for w in base.weights])
     assert (states[:, 12] == 2).all()
+
+
+def test_labels_beyond_the_networks_classes_are_refused(toy_data: BinaryData) -> None:
+    net = NetworkConfig(sizes=(toy_data.n_inputs, 8, 2))  # toy labels are 0..2
+    with pytest.raises(ValueError, match=r"training labels span 0\.\.\d, the network has 2 "
+                                         r"classes"):
+        train_baseline(toy_data, net, TrainConfig(epochs=1))
+
+
+def test_network_and_experiment_shapes_are_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="at least 2 items"):
+        NetworkConfig(sizes=(100,))
+    with pytest.raises(ValueError, match="two layers"):
+        ExperimentConfig(network=NetworkConfig(sizes=(100, 40, 30, 10)))
