@@ -61,10 +61,21 @@ def stop_on_sigint(flag: StopFlag) -> AbstractContextManager[None]:
 
 @contextmanager
 def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, then raise KeyboardInterrupt: making the station safe
-    (output off, chuck separated) must not be cut short by the operator's own interrupt."""
-    caught: list[int] = []
-    with _sigint_handled(lambda _previous: lambda signum, _frame: caught.append(signum)):
+    """Hold Ctrl-C until the block ends, then hand it to the handler it would have reached (a
+    sweep's stop request, or KeyboardInterrupt): making the station safe (output off, chuck
+    separated) must not be cut short by the operator's own interrupt."""
+    caught: list[Any] = []  # the handler in force before the block, once a Ctrl-C came
+
+    def make(previous: Any) -> Handler:
+        def hold(_signum: int, _frame: FrameType | None) -> None:
+            caught[:] = [previous]
+        return hold
+
+    with _sigint_handled(make):
         yield
     if caught:
-        raise KeyboardInterrupt
+        previous = caught[0]
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:  # SIG_DFL (or a C handler): an interrupt
+            raise KeyboardInterrupt

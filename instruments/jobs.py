@@ -410,6 +410,8 @@ class Worker:
         job_id = row["id"]
         stop = StopFlag()
         self.current = (job_id, stop)
+        if self._stopping:  # stop() ran between the claim and now, and missed this job
+            stop.request()
         if (self.jobs.get(job_id) or {}).get("cancel_requested"):
             stop.request()  # cancelled between claim and now
         ctx = JobContext(station, self.store_path, stop,

@@ -191,7 +191,7 @@ def _both(first: StageEpochHook, second: StageEpochHook) -> StageEpochHook:
 def absolute(data_dir: str | None) -> str | None:
     """A data folder as stored and compared: absolute, so that the same folder named another
     way (relative, a trailing slash) is the same data, and a run evaluated from another
-    working directory finds it."""
+    working directory finds it. (A relative path stored before is resolved from here.)"""
     return None if data_dir is None else str(Path(data_dir).resolve())
 
 
@@ -223,8 +223,8 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
     if run_id is not None:
         info = store.record(run_id, WHOLE_RUN, "train") or {}
         stored = ExperimentConfig.model_validate(store.snapshot(run_id)["experiment"])
-        if (info.get("data_dir"), info.get("seed"), stored.network, stored.baseline) == (
-                data_dir, seed, config.network, config.baseline):
+        if (absolute(info.get("data_dir")), info.get("seed"), stored.network,
+                stored.baseline) == (data_dir, seed, config.network, config.baseline):
             return _stored_weights(store, run_id), float(info["baseline_error_pct"])
     _run_id, info, weights = _train_baseline(store, measured, data, data_dir, seed, config,
                                              quiet, epochs)
@@ -249,11 +249,11 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
                              "run 'mtjlab train' first")
         first, config = _agreed_training(store, trained_runs)
         if (seed is not None and seed != first["seed"]) or (
-                data_dir is not None and data_dir != first["data_dir"]):
+                data_dir is not None and data_dir != absolute(first["data_dir"])):
             raise ValueError(f"the weights were trained with seed {first['seed']} on "
                              f"{first['data']}; evaluate with those (another split or set "
                              "would test on training digits)")
-        seed, data_dir = first["seed"], first["data_dir"]
+        seed, data_dir = first["seed"], absolute(first["data_dir"])
         setup = prepare(measured.maps, measured.device_model(), config)
         data = load_default(data_dir, seed=seed)
         base_err = float(first["baseline_error_pct"])

@@ -50,6 +50,8 @@ def planned_dies(station: Station) -> list[DieIndex]:
 RESUME_KEYS = ("instruments.simulated", "instruments.visa_library",
                "instruments.prober.resource", "instruments.prober.dialect",
                "instruments.tester.resource", "wafer", "measurement")
+#: settings inside those that a sweep never uses (inference only)
+RESUME_FREE = ("measurement.infer_batch_rows",)
 
 
 def check_resume(store: RunStore, run_id: int, station: Station) -> None:
@@ -64,6 +66,10 @@ def check_resume(store: RunStore, run_id: int, station: Station) -> None:
             tree = tree[part]
         return tree
 
+    for free in RESUME_FREE:
+        section, _, name = free.rpartition(".")
+        for tree in (stored, now):
+            at(tree, section).pop(name, None)
     changed = [key for key in RESUME_KEYS if at(stored, key) != at(now, key)]
     if changed:
         raise ValueError(f"{store.path}: run {run_id} was started with other settings "

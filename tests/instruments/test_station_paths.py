@@ -16,7 +16,7 @@ import pytest
 
 from drivers.prober import DieIndex
 from instruments.config import StationFileError, parse_station
-from instruments.interrupts import StopFlag
+from instruments.interrupts import StopFlag, sigint_deferred, stop_on_sigint
 from instruments.job_kinds import JobContext, ProgramJob, run_program
 from instruments.station import Station
 from instruments.store import RunStore
@@ -124,8 +124,9 @@ def test_resume_refuses_another_station_file(tmp_path: Path) -> None:
                                              r"--station 1"):
             run_sweep(other, store, resume=True)
         assert len(store.dies_done(1)) == 1  # nothing measured with the wrong settings
-        calmer = first.model_copy(update={"retry": first.retry.model_copy(
-            update={"max_attempts": 6})})  # retries and timeouts may change
+        calmer = first.model_copy(update={  # retries, and settings a sweep never uses, may change
+            "retry": first.retry.model_copy(update={"max_attempts": 6}),
+            "measurement": first.measurement.model_copy(update={"infer_batch_rows": 256})})
         run_sweep(calmer, store, resume=True)
         assert sorted(Counter(store.dies_done(1)).values()) == [1, 1, 1, 1]
 
@@ -154,3 +155,18 @@ def test_a_jobs_pulse_width_is_used_and_then_restored(tmp_path: Path, fault: str
         assert devices(st)[1].setting("pulse_width_s") == pytest.approx(5e-8)
         assert st.recoveries == (1 if fault else 0)
         assert_safe(st)
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals reach the main thread only")
+def test_a_ctrl_c_held_while_making_safe_reaches_the_sweeps_stop_flag() -> None:
+    """Inside a sweep (Ctrl-C = stop request) the held Ctrl-C becomes that request, not an
+    interrupt that would hide the error being handled."""
+    flag = StopFlag()
+    with stop_on_sigint(flag):
+        with sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not flag.requested  # held
+        assert flag.requested
+    with pytest.raises(KeyboardInterrupt), sigint_deferred():  # no sweep: an interrupt
+        os.kill(os.getpid(), signal.SIGINT)
