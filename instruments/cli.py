@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_store
 
-    path = export_store(args.store, args.out, args.format, run_id=args.run)
+    path = export_store(args.store, args.out, args.format, run_id=args.run, force=args.force)
     _say(args, f"exported to {path}")
     return EXIT_OK
 
@@ -159,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--store", required=True)
     sp.add_argument("--format", required=True, choices=["hdf5", "npz"])
     sp.add_argument("--out", default=None, help="output file (default: next to the store)")
-    sp.add_argument("--run", type=int, default=None, help="run id (default: latest)")
+    sp.add_argument("--run", type=int, default=None,
+                    help="run id (default: the latest finished sweep or demo)")
+    sp.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     from .service_cli import add_service_commands
 
@@ -206,6 +209,10 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"mtjlab {args.command}: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    except sqlite3.Error as err:  # a store damaged after it was opened
+        print(f"mtjlab {args.command}: failed: the store could not be read or written: {err} "
+              "(corrupted?)", file=sys.stderr)
         return EXIT_FAILED
     except (StationError, StoreError, RuntimeError, OSError) as err:
         print(f"mtjlab {args.command}: failed: {err}", file=sys.stderr)

@@ -21,7 +21,7 @@ from training.mapping import ArrayLayout, DeviceModel
 from .config import parse_station
 from .programming import program_verified
 from .station import Station
-from .store import MEASURING_KINDS, RunStore, StoreError, die_key, parse_die_key
+from .store import MEASURING_KINDS, SWEEP_KIND, RunStore, StoreError, die_key, parse_die_key
 
 
 @dataclass
@@ -67,9 +67,14 @@ def latest_measurement_run(store: RunStore) -> int:
         return finished
     last = store.latest_run(MEASURING_KINDS)
     if last is not None:
+        row = store.run_row(last)
+        if row["kind"] == SWEEP_KIND:
+            what, advice = row["status"], "finish it with 'mtjlab sweep --resume' first"
+        else:
+            what = f"a {row['status']} {row['kind']}"
+            advice = "it cannot be resumed: run 'mtjlab sweep' (or the demo) again"
         raise StoreError(f"{store.path}: no finished sweep in this store (run {last} is "
-                         f"{store.run_row(last)['status']}); finish it with "
-                         "'mtjlab sweep --resume' first")
+                         f"{what}); {advice}")
     raise StoreError(f"{store.path}: no sweep in this store; run 'mtjlab sweep' first")
 
 

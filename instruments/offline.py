@@ -10,8 +10,6 @@ and fitted device conductances, batched over dies) and keeps the summary as an "
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +63,7 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
         {"method": method, "sweep_run": measured.run_id, "data": data_dir,
          "experiment": config.model_dump(mode="json")},
         __version__, {"training": seed})
-    with _failing_marks(store, run_id):
+    with store.status_kept(run_id):
         arrays = {f"weights/L{k}": w.detach().numpy().astype(np.int8)
                   for k, w in enumerate(result.weights)}
         store.put(run_id, WHOLE_RUN, arrays=arrays)
@@ -75,17 +73,6 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
         store.put(run_id, WHOLE_RUN, records={"train": info})  # last: marks it complete
         store.set_status(run_id, "finished")
     return run_id, info
-
-
-@contextmanager
-def _failing_marks(store: RunStore, run_id: int) -> Iterator[None]:
-    """Mark the run failed (with the reason) if writing it does not finish."""
-    try:
-        yield
-    except BaseException as err:
-        with suppress(StoreError):
-            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
-        raise
 
 
 def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]
@@ -285,7 +272,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
         run_id = store.create_run(EVALUATE_KIND, store.run_row(measured.run_id)["station_yaml"],
                                   {"sweep_run": measured.run_id, "trained": trained_runs},
                                   __version__, {"evaluation": seed})
-        with _failing_marks(store, run_id):
+        with store.status_kept(run_id):
             store.put(run_id, WHOLE_RUN, arrays={f"losses/{k}": v for k, v in losses.items()},
                       records={"summary": summary})
             store.set_status(run_id, "finished")

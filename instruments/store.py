@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +201,22 @@ class RunStore:
             db.execute("UPDATE runs SET status=?, finished_utc=?, error=? WHERE run_id=?",
                        (status, finished, error, run_id))
 
+    @contextmanager
+    def status_kept(self, run_id: int, interrupted: tuple[type[BaseException], ...] = (
+            KeyboardInterrupt,)) -> Iterator[None]:
+        """If the block does not finish, mark the run `interrupted` (for `interrupted`
+        exceptions) or `failed`, with the reason, and re-raise: no run is left `running` by a
+        process that went on to do something else."""
+        try:
+            yield
+        except BaseException as err:
+            status = "interrupted" if isinstance(err, interrupted) else "failed"
+            reason = str(err) if status == "interrupted" and str(err) else \
+                f"{type(err).__name__}: {err}"
+            with suppress(StoreError, sqlite3.Error):
+                self.set_status(run_id, status, reason)
+            raise
+
     def run_row(self, run_id: int) -> dict[str, Any]:
         cur = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,))
         row = cur.fetchone()
@@ -257,8 +273,13 @@ class RunStore:
     # ---- results -----------------------------------------------------------------------
     def commit_die(self, run_id: int, die: str, arrays: dict[str, np.ndarray],
                    records: dict[str, Any]) -> None:
-        """Store a die's arrays and records and mark it done, atomically."""
+        """Store a die's arrays and records and mark it done, atomically; refused if the die is
+        already done in this run (another process measuring the same run)."""
         with self.transaction() as db:
+            if db.execute("SELECT 1 FROM journal WHERE run_id=? AND die=? AND step='die' AND "
+                          "status='done'", (run_id, die)).fetchone():
+                raise StoreError(f"{self.path}: die {die} of run {run_id} is already stored: "
+                                 "is another process measuring this run?")
             self._put(db, run_id, die, arrays, records)
             self._journal(db, run_id, die, "die", "done")
 

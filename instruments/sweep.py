@@ -143,13 +143,7 @@ def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
         else:
             check_resume(store, run_id, station)
             store.set_status(run_id, "running")
-        try:
+        with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
             sweep(station, store, run_id, stop=stop, progress=progress)
-        except SweepInterrupted as err:
-            store.set_status(run_id, "interrupted", str(err))
-            raise
-        except BaseException as err:
-            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
-            raise
         store.set_status(run_id, "finished")
         return run_id

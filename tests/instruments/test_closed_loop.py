@@ -161,3 +161,11 @@ def test_a_network_that_does_not_fit_is_refused_before_any_training(
             update={"network": big}))
     with RunStore(swept_store, create=False) as store:
         assert len(store.runs()) == before  # nothing stored
+
+
+def test_the_demo_does_not_replace_a_store_holding_other_runs(swept_store: Path) -> None:
+    """The demo starts a new store in its folder; an operator's sweep there is kept."""
+    with pytest.raises(ValueError, match=r"holds other runs \(sweep\); .*choose another --out"):
+        run_demo(swept_store.parent, small=True, quiet=True)
+    with RunStore(swept_store, create=False) as store:
+        assert [r.kind for r in store.runs()] == ["sweep"]

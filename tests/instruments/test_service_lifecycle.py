@@ -244,14 +244,15 @@ def test_stopping_the_service_waits_for_the_job_to_reach_a_safe_point(tmp_path: 
         return stations[-1]
 
     config = small_config().model_copy(update={"measurement": small_config().measurement
-                                               .model_copy(update={"infer_batch_rows": 4})})
-    with live(tmp_path, config=config, station_factory=factory) as (url, _app), \
+                                               .model_copy(update={"infer_batch_rows": 2})})
+    with live(tmp_path, config=config, station_factory=factory) as (url, app), \
             client(url) as c:
-        x = (np.random.default_rng(0).random((600, 100)) > 0.5).astype(np.uint8)
-        job = c.submit("infer", die=(0, 0), inputs=x)
+        x = (np.random.default_rng(0).random((2000, 100)) > 0.5).astype(np.uint8)
+        job = c.submit("infer", die=(0, 0), inputs=x)  # 5,000 queries: seconds of work
         for view in c.events(job["id"], timeout_s=60):
             if view["progress"]["message"].startswith("inferring on"):
                 break
+        app.state.service.worker.stop()  # what the shutdown does first
     # read the queue file as the stopped service left it (reopening it as a JobStore would
     # mark a job left running as interrupted)
     with closing(sqlite3.connect(default_jobs_path(tmp_path / "run.sqlite"))) as db:

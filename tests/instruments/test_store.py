@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from instruments.cli import EXIT_FAILED, main
+from instruments.export import export_store
 from instruments.store import SCHEMA_VERSION, RunStore, StoreError
 
 
@@ -86,3 +88,70 @@ def test_latest_run_by_kinds_and_status(tmp_path: Path) -> None:
         assert store.latest_run(("sweep", "demo"), finished=True) == sweep
         assert store.latest_run("sweep", finished=False) is None
         assert latest_measurement_run(store) == sweep
+
+
+def test_a_die_is_stored_once_per_run(tmp_path: Path) -> None:
+    """A second process measuring the same run cannot store a die twice."""
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run = _run(store)
+        store.commit_die(run, "0,0", {"kinds": np.zeros((2, 2), np.int8)}, {})
+        with pytest.raises(StoreError, match="die 0,0 of run 1 is already stored"):
+            store.commit_die(run, "0,0", {"kinds": np.ones((2, 2), np.int8)}, {})
+        assert store.dies_done(run) == ["0,0"]
+        assert not store.array(run, "0,0", "kinds").any()  # the first measurement is kept
+
+
+@pytest.mark.parametrize(("error", "status"), [(KeyboardInterrupt(), "interrupted"),
+                                               (RuntimeError("lost"), "failed")])
+def test_a_run_that_does_not_finish_is_never_left_running(tmp_path: Path, error: BaseException,
+                                                          status: str) -> None:
+    with RunStore(tmp_path / "s.sqlite") as store:
+        run = _run(store)
+        with pytest.raises(type(error)), store.status_kept(run):
+            raise error
+        assert store.run_row(run)["status"] == status
+
+
+def _exportable(tmp_path: Path) -> Path:
+    path = tmp_path / "s.sqlite"
+    with RunStore(path) as store:
+        run = _run(store)
+        store.commit_die(run, "0,0", {"kinds": np.zeros((2, 2), np.int8)}, {})
+        store.set_status(run, "finished")
+        _run(store)  # a later sweep that failed
+        store.set_status(2, "failed", "RuntimeError: lost")
+    return path
+
+
+def test_export_takes_the_latest_finished_run_and_protects_files(tmp_path: Path) -> None:
+    path = _exportable(tmp_path)
+    out = export_store(path, None, "npz")
+    assert out.name == "s-run1.npz"  # not the failed run 2
+    with pytest.raises(ValueError, match="is the store itself"):
+        export_store(path, path, "npz")
+    with pytest.raises(ValueError, match="exists; pass --force"):
+        export_store(path, out, "npz")
+    assert export_store(path, out, "npz", force=True) == out
+    with pytest.raises(ValueError, match="is a folder"):
+        export_store(path, tmp_path, "npz")
+    with RunStore(path) as store:
+        assert [r.status for r in store.runs()] == ["finished", "failed"]
+
+
+def test_a_store_damaged_after_opening_fails_in_one_line(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    path = tmp_path / "s.sqlite"
+    with RunStore(path) as store:
+        run = _run(store)
+        for i in range(40):  # enough pages that the header survives the damage below
+            store.commit_die(run, f"{i},0", {"kinds": np.full((64, 64), i, np.int8)}, {})
+        store.set_status(run, "finished")
+        store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4 * 4096] = b"\xff" * (4 * 4096)
+    path.write_bytes(bytes(data))
+    assert main(["export", "--store", str(path), "--format", "npz", "--out",
+                 str(tmp_path / "x.npz")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "failed:" in err and "Traceback" not in err
