@@ -183,13 +183,16 @@ class InferJob(_Job):
     output_reads: int = Field(1, ge=1, le=64, description="chip reads of the output layer "
                               "per input (common_mode only)")
 
-    def layout(self, rows: int, cols: int) -> ArrayLayout:
+    def layout(self, rows: int, cols: int, read_voltage_v: float) -> ArrayLayout:
         """`ArrayLayout.default` of this network on a rows x cols array (same defaults;
-        ValueError if it does not fit). The experiment's network is sizes (100, 70, 10),
-        output_copies 3, readout "common_mode", output_reads 4."""
-        from training.mapping import ArrayLayout
+        ValueError if it does not fit), read at the station's read voltage (the common-mode
+        check compares currents with the nominal ones at that voltage). The experiment's
+        network is sizes (100, 70, 10), output_copies 3, readout "common_mode",
+        output_reads 4."""
+        from training.mapping import ArrayLayout, DeviceModel
 
         return ArrayLayout.default(self.sizes, rows, cols, self.output_copies,
+                                   device=DeviceModel(v_read_v=read_voltage_v),
                                    readout=self.readout, output_reads=self.output_reads)
 
 
@@ -267,7 +270,7 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
 def _check_inputs(job: InferJob, info: StationInfo) -> None:
     x = job.inputs
     try:
-        layout = job.layout(*info.shape)
+        layout = job.layout(*info.shape, info.config.measurement.read_voltage_v)
     except ValueError as err:
         raise RejectedJobError(str(err)) from None
     if x.ndim != 2 or x.shape[1] != layout.sizes[0] or not 1 <= x.shape[0] <= MAX_INFER_BATCH:
@@ -373,7 +376,7 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
 
 def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
-    layout = job.layout(*st.tester.shape)
+    layout = job.layout(*st.tester.shape, st.config.measurement.read_voltage_v)
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:

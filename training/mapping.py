@@ -290,7 +290,8 @@ class ArrayLayout:
             r, c = np.argwhere(used > 1)[0]
             raise ValueError(f"layers overlap on the array (first shared cell: row {r}, col {c})")
         if self.copy_combine not in ("mean", "median"):
-            raise ValueError(f"copy_combine must be 'sum' or 'median', got {self.copy_combine!r}")
+            raise ValueError(f"copy_combine must be 'mean' or 'median', got "
+                             f"{self.copy_combine!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.layers[-1].n_out % self.output_copies:

@@ -17,7 +17,7 @@ import pytest
 from drivers.prober import DieIndex
 from instruments.config import StationFileError, parse_station
 from instruments.interrupts import StopFlag, sigint_deferred, stop_on_sigint
-from instruments.job_kinds import JobContext, ProgramJob, run_program
+from instruments.job_kinds import InferJob, JobContext, ProgramJob, run_infer, run_program
 from instruments.station import Station
 from instruments.store import RunStore
 from instruments.sweep import SweepInterrupted, run_sweep
@@ -170,3 +170,25 @@ def test_a_ctrl_c_held_while_making_safe_reaches_the_sweeps_stop_flag() -> None:
         assert flag.requested
     with pytest.raises(KeyboardInterrupt), sigint_deferred():  # no sweep: an interrupt
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_infer_job_reads_out_at_the_stations_read_voltage(tmp_path: Path) -> None:
+    """The common-mode check compares currents with nominal ones at the read voltage: the
+    same programmed die gives the same decisions at 0.1 V and 0.2 V."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((200, 100)) > 0.6).astype(np.uint8)
+    weights = [np.where(rng.random((100, 70)) > 0.5, 1, -1),
+               np.where(rng.random((70, 30)) > 0.5, 1, -1)]
+    predictions = []
+    for volts in (0.1, 0.2):
+        config = station_config(measurement={"read_voltage_v": volts})
+        with Station(config) as st:
+            job = InferJob(die=(0, 0), inputs=x, sizes=(100, 70, 10), output_copies=3,
+                           readout="common_mode", output_reads=4)
+            layout = job.layout(*st.tester.shape, volts)
+            ctx = JobContext(st, tmp_path / "unused.sqlite", StopFlag(), lambda *_a: None,
+                             lambda **_k: None)
+            run_program(ctx, ProgramJob(die=(0, 0), targets=layout.target_states(weights)))
+            predictions.append(run_infer(ctx, job).arrays["predictions"])
+    agree = float(np.mean(predictions[0] == predictions[1]))
+    assert agree > 0.97, agree
