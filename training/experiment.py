@@ -79,10 +79,14 @@ class ExperimentConfig(BaseModel):
         output_reads=4))
     baseline: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=30, noise_std=0.1))
+    # min_steps: on mnist-subset (62 steps per epoch) the epochs give more; on a small set
+    # (the embedded digits, 10 steps per epoch) they keep HAT and SAT from ending before any
+    # weight has moved from the baseline's
     hat: TrainConfig = Field(
-        default_factory=lambda: TrainConfig(epochs=10, lr=0.003, noise_std=0.1))
+        default_factory=lambda: TrainConfig(epochs=10, min_steps=600, lr=0.003, noise_std=0.1))
     sat: SATConfig = Field(
-        default_factory=lambda: SATConfig(epochs=20, lr=0.003, noise_std=0.2, margin_units=2.0))
+        default_factory=lambda: SATConfig(epochs=20, min_steps=1200, lr=0.003, noise_std=0.2,
+                                          margin_units=2.0))
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     hat_placement: bool = True
     init_from_baseline: bool = Field(True, description="HAT and SAT start from the baseline")

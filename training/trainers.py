@@ -33,6 +33,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     epochs: int = Field(30, ge=0)
+    min_steps: int = Field(0, ge=0, description="at least this many optimiser steps: more "
+                           "epochs on a small data set (weights started from binary ones, "
+                           "at +-0.5, need updates, not passes, to change)")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(0.01, gt=0)
     lr_final_fraction: float = Field(0.02, ge=0, le=1, description="cosine decay floor")
@@ -80,6 +83,11 @@ def _loss(scores: torch.Tensor, y: torch.Tensor, cfg: NetworkConfig,
                            reduction="mean") * scores.shape[0]
 
 
+def epochs_for(config: TrainConfig, steps_per_epoch: int) -> int:
+    """`config.epochs`, or more if that many epochs make fewer than `config.min_steps`."""
+    return max(config.epochs, math.ceil(config.min_steps / max(steps_per_epoch, 1)))
+
+
 def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
         cells_fn: CellsFn | None = None, groups: int = 1,
         on_epoch: EpochHook | None = None) -> TrainResult:
@@ -96,10 +104,11 @@ def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
     n = data.x_train.shape[0]
     bs = max(config.batch_size // groups, 1) * groups
     steps_per_epoch = max(n // bs, 1)
-    total = max(config.epochs * steps_per_epoch, 1)
+    epochs = epochs_for(config, steps_per_epoch)
+    total = max(epochs * steps_per_epoch, 1)
     result = TrainResult(net, [])
     step_i = 0
-    for _ in range(config.epochs):
+    for _ in range(epochs):
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=g)
         epoch_loss = 0.0
@@ -125,7 +134,7 @@ def fit(net: BinaryNetwork, data: BinaryData, config: TrainConfig, seed: int,
         result.epoch_seconds.append(time.perf_counter() - t0)
         result.losses.append(epoch_loss / steps_per_epoch)
         if on_epoch is not None:
-            on_epoch(len(result.losses), config.epochs, result.losses[-1])
+            on_epoch(len(result.losses), epochs, result.losses[-1])
     result.weights = [w.detach().clone() for w in net.binary_weights()]
     return result
 

@@ -180,3 +180,13 @@ def test_network_and_experiment_shapes_are_refused_up_front() -> None:
         NetworkConfig(sizes=(100,))
     with pytest.raises(ValueError, match="two layers"):
         ExperimentConfig(network=NetworkConfig(sizes=(100, 40, 30, 10)))
+
+
+def test_min_steps_adds_epochs_on_a_small_data_set(toy_data: BinaryData) -> None:
+    """600 digits in batches of 128 are 4 steps an epoch: 2 epochs would be 8 updates."""
+    net = NetworkConfig(sizes=(toy_data.n_inputs, 8, 3))
+    short = train_baseline(toy_data, net, TrainConfig(epochs=2), seed=0)
+    long = train_baseline(toy_data, net, TrainConfig(epochs=2, min_steps=40), seed=0)
+    assert (len(short.losses), len(long.losses)) == (2, 10)
+    big = train_baseline(toy_data, net, TrainConfig(epochs=2, min_steps=5), seed=0)
+    assert len(big.losses) == 2  # the epochs already give more steps
