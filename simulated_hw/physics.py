@@ -192,7 +192,8 @@ class SimulatedWafer:
         if n == 0:
             return
         if amplitude_v > self.config.write.breakdown_v:
-            fresh = addressed & (d.defect != Defect.SHORT)
+            # an open cell (or a broken line) has no barrier left to break down: it stays open
+            fresh = addressed & (d.defect != Defect.SHORT) & (d.defect != Defect.OPEN)
             k = int(fresh.sum())
             dfc = self.config.defects
             d.r_defect[fresh] = self._loguniform(d.rng, dfc.r_short_min_ohm,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from .physics import SimulatedWafer
+
+#: a die index argument: an optional minus and decimal digits
+_INDEX = re.compile(r"-?[0-9]+")
 
 
 class ProberReply(Exception):
@@ -89,7 +93,7 @@ class ProberModel:
 
     def _step_to(self, arg: str) -> str:
         parts = arg.split()
-        if len(parts) != 2 or not all(p.lstrip("-").isdigit() for p in parts):
+        if len(parts) != 2 or not all(_INDEX.fullmatch(p) for p in parts):
             raise ProberReply(2, f"Bad argument {arg}")
         die = (int(parts[0]), int(parts[1]))
         if die not in self.wafer_map:

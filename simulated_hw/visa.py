@@ -27,7 +27,7 @@ from .config import WaferConfig
 from .faults import PROBER_KINDS, TESTER_KINDS, FaultInjector
 from .physics import SimulatedWafer
 from .prober_model import ProberModel
-from .tester_model import ScpiError, TesterModel
+from .tester_model import NUMBER, ScpiError, TesterModel
 
 YAML_PATH = Path(__file__).with_name("instruments.yaml")
 PROBER_RESOURCE = "TCPIP0::prober.sim::inst0::INSTR"
@@ -109,6 +109,8 @@ class ModelDevice(Device):
     # ---- command dispatch ----------------------------------------------------------------
     def _respond(self, message: bytes) -> Any:
         message = message.strip()  # the same object when there is nothing to strip
+        if not message:  # an empty program message (IEEE 488.2): nothing to do, no error
+            return NoResponse
         header, _, args = message.partition(b" ")
         is_query = header.endswith(b"?")
         if self.scpi and not header.isupper():  # SCPI headers are case-insensitive
@@ -156,6 +158,8 @@ class ModelDevice(Device):
         if name is None:
             return None
         prop = self._properties[name]
+        if prop.specs and prop.specs.type in (int, float) and not NUMBER.fullmatch(value):
+            raise ScpiError("data_type_error", value)  # Python would also take 1_6 or 'inf'
         try:
             typed = prop.specs.type(value) if prop.specs else value
         except ValueError as err:

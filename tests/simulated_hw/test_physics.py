@@ -191,11 +191,27 @@ def test_breakdown_counts_fresh_cells_only() -> None:
     v = wafer.config.write.breakdown_v + 0.1
     targets = np.full(wafer.shape, SKIP, dtype=np.uint8)
     targets[0, :] = P
-    already_short = int((wafer.true_defects(0)[0][0] == Defect.SHORT).sum())
+    row = wafer.true_defects(0)[0][0]
+    barrier_gone = int(np.isin(row, (Defect.SHORT, Defect.OPEN)).sum())
     wafer.write(0, targets, v, NOMINAL_W)
-    assert wafer.dies[0].broken_down == wafer.config.cols - already_short
+    assert wafer.dies[0].broken_down == wafer.config.cols - barrier_gone
     wafer.write(0, targets, v, NOMINAL_W)
-    assert wafer.dies[0].broken_down == wafer.config.cols - already_short
+    assert wafer.dies[0].broken_down == wafer.config.cols - barrier_gone
+
+
+def test_breakdown_leaves_open_cells_and_broken_lines_open() -> None:
+    """An open cell has no barrier left to break down: an over-voltage pulse must not make a
+    broken line conduct."""
+    wafer = SimulatedWafer(WaferConfig(), seed=0)
+    opens = wafer.true_defects(0)[0] == Defect.OPEN
+    assert opens.any()
+    targets = np.where(opens, P, SKIP).astype(np.uint8)
+    before = wafer.true_defects(0)[1][opens]
+    wafer.write(0, targets, wafer.config.write.breakdown_v + 0.1, NOMINAL_W)
+    defects, r = wafer.true_defects(0)
+    assert (defects[opens] == Defect.OPEN).all()
+    np.testing.assert_array_equal(r[opens], before)
+    assert wafer.dies[0].broken_down == 0
 
 
 def test_at_breakdown_voltage_cells_survive() -> None:

@@ -9,7 +9,7 @@ from pyvisa import constants
 from pyvisa.errors import VisaIOError
 
 import simulated_hw
-from simulated_hw import PROBER_RESOURCE, TESTER_RESOURCE, FaultConfig, WaferConfig
+from simulated_hw import PROBER_RESOURCE, TESTER_RESOURCE, FaultConfig, WaferConfig, tester_model
 from simulated_hw.physics import SKIP, Defect
 
 from .conftest import (
@@ -98,6 +98,14 @@ def test_prober_704_die_not_on_map(prober, die: str) -> None:  # type: ignore[no
     assert prober.query("ReadChuckIndex") == "0: 1 1"
 
 
+def test_an_oversized_inference_block_is_160(contact, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tester_model, "MAX_INFER_VECTORS", 4)
+    x = np.zeros((5, 100), np.uint8)
+    contact.write_binary_values("INF:CURR? ", x.ravel(), datatype="B")
+    assert contact.read_raw() == b"\n"
+    assert contact.query("SYST:ERR?") == '-160,"Block data error"'
+
+
 def test_prober_706_and_bad_arguments(prober) -> None:  # type: ignore[no-untyped-def]
     assert prober.query("StepNextDie") == "706: No die selected."
     assert prober.query("MoveChuckContact") == "706: No die selected."
@@ -106,6 +114,7 @@ def test_prober_706_and_bad_arguments(prober) -> None:  # type: ignore[no-untype
     assert prober.query("StepNextDie a b") == "2: Bad argument a b"
     assert prober.query("StepNextDie 1") == "2: Bad argument 1"
     assert prober.query("StepFirstDie now") == "2: Bad argument now"
+    assert prober.query("StepNextDie --1 0") == "2: Bad argument --1 0"
     assert prober.query("Teleport") == "1: Unknown command Teleport"
     assert prober.query("stepfirstdie").startswith("1: Unknown command")
 
@@ -267,7 +276,7 @@ def test_output_off_gives_221_and_changes_nothing(contact, wafer) -> None:  # ty
 
 
 @pytest.mark.parametrize("command", ["FOO", "FOO?", "MEAS:ARRAY?", "SOUR:READ:VOLTAGE 0.1",
-                                     "SYST:ERR? 1", "SOUR:READ:VOLT? 3", "MEAS:ARR", "*IDN", ""])
+                                     "SYST:ERR? 1", "SOUR:READ:VOLT? 3", "MEAS:ARR", "*IDN"])
 def test_unknown_command_is_113(contact, command: str) -> None:  # type: ignore[no-untyped-def]
     if "?" in command:
         assert contact.query(command) == ""
@@ -277,9 +286,31 @@ def test_unknown_command_is_113(contact, command: str) -> None:  # type: ignore[
     assert contact.query("SYST:ERR?") == NO_ERROR
 
 
+@pytest.mark.parametrize("message", ["", "   ", "\r"])
+def test_an_empty_message_is_ignored(contact, message: str) -> None:  # type: ignore[no-untyped-def]
+    """IEEE 488.2 allows an empty program message: no error, no reply."""
+    contact.write(message)
+    assert contact.query("SYST:ERR?") == NO_ERROR
+
+
+@pytest.mark.parametrize(("command", "detail"), [("SENS:AVER:COUN 1_6", "averages"),
+                                                 ("MEAS:CELL? 1_0,2", "cell index"),
+                                                 ("SOUR:READ:VOLT inf", "read voltage")])
+def test_python_only_number_forms_are_data_type_errors(contact, command: str,  # type: ignore[no-untyped-def]
+                                                       detail: str) -> None:
+    """SCPI numbers have no underscores and no 'inf' (Python's int() and float() take them)."""
+    before = contact.query("SENS:AVER:COUN?")
+    if command.split()[0].endswith("?"):
+        assert contact.query(command) == ""
+    else:
+        contact.write(command)
+    assert contact.query("SYST:ERR?") == '-104,"Data type error"', detail
+    assert contact.query("SENS:AVER:COUN?") == before
+
+
 @pytest.mark.parametrize(
     ("setting", "default", "bad"),
-    [("SOUR:READ:VOLT", "0.1", ["0.6", "0.001", "-0.1", "1e400", "-inf"]),
+    [("SOUR:READ:VOLT", "0.1", ["0.6", "0.001", "-0.1", "1e400"]),
      ("SOUR:PULS:AMPL", "0.9", ["2.5", "-0.1"]),
      ("SOUR:PULS:WIDT", "5e-08", ["1e-10", "0.01"]),
      ("SENS:CURR:COMP", "0.01", ["1e-7", "0.2"]),
