@@ -313,8 +313,10 @@ class Worker:
 
     # ---- control (any thread) ----------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> StationInfo:
-        """Start the thread, wait until the Station is open; raise what opening raised."""
-        self._thread.start()
+        """Start the thread, wait until the Station is open; raise what opening raised. Once
+        started, later calls only report the outcome."""
+        if self._thread.ident is None:
+            self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"the station did not open within {timeout_s:g} s")
         if self.error is not None:

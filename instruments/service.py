@@ -449,6 +449,12 @@ def serve(station_file: str | Path, host: str = "127.0.0.1", port: int = 8000,
     sock = _bind(host, port)
     app = create_app(config, store_path, token=token)
     svc: Service = app.state.service
+    try:  # open the station before serving: a failure is one line and exit 1, not uvicorn's
+        svc.worker.start()
+    except BaseException:
+        sock.close()
+        svc.jobs.close()
+        raise
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
     svc.on_ready.append(lambda: announce(
         f"mtjlab service: station {config.name!r} ready; listening on {url} "

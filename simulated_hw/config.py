@@ -87,11 +87,20 @@ class FaultConfig(_Model):
     seed: int = 0
 
     @property
+    def rates(self) -> tuple[float, ...]:
+        """Per-message probability of each fault kind (faults.FAULT_KINDS order)."""
+        return (self.timeout_rate, self.drop_rate, self.garble_rate, self.scpi_error_rate,
+                self.prober_error_rate)
+
+    @property
     def any(self) -> bool:
-        return any(
-            r > 0 for r in (self.timeout_rate, self.drop_rate, self.garble_rate,
-                            self.scpi_error_rate, self.prober_error_rate)
-        )
+        return any(r > 0 for r in self.rates)
+
+    @model_validator(mode="after")
+    def _one_fault_per_message(self) -> FaultConfig:
+        if sum(self.rates) > 1:
+            raise ValueError("fault rates add up to more than 1")
+        return self
 
 
 class WaferConfig(_Model):

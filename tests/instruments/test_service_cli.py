@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from instruments.cli import main
+from instruments.jobs import JobStore
+from instruments.service import default_jobs_path
 
 from .service_support import live
 
@@ -59,3 +61,16 @@ def test_bad_input_exits_2(url: str, argv: list[str]) -> None:
 
 def test_unreachable_service_exits_1() -> None:
     assert main(["jobs", "--server", "http://127.0.0.1:9"]) == 1
+
+
+def test_serve_with_instruments_that_do_not_answer_exits_1_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    station = tmp_path / "station.yaml"
+    station.write_text("instruments: {simulated: {seed: 0},\n"
+                       "  prober: {resource: 'TCPIP0::nowhere.sim::inst0::INSTR', "
+                       "timeout_s: 0.05}}\n")
+    assert main(["serve", "--station", str(station), "--port", "0",
+                 "--store", str(tmp_path / "run.sqlite")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot talk to the instruments" in err and "Traceback" not in err
+    JobStore(default_jobs_path(tmp_path / "run.sqlite")).close()  # the queue lock is free
