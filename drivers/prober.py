@@ -76,7 +76,6 @@ class Prober(Closes, ABC):
 OK = 0
 END_OF_WAFER = 703
 _REPLY = re.compile(r"^\s*(-?\d+):\s?(.*)$", re.DOTALL)
-_STATUS = re.compile(r"^\s*-?\d+:")
 
 
 def parse_velox_reply(reply: str, command: str, instrument: str = "prober") -> str | None:
@@ -136,7 +135,7 @@ class VeloxProber(Session, Prober):
         status (e.g. ``710: Prober fault.``): raised as ProberError, or as ReplyError if its
         code is not an error."""
         reply = identity_reply(self.name, self.ask("*IDN?"))
-        if _STATUS.match(reply):
+        if _REPLY.match(reply):  # '<code>: ...'
             parse_velox_reply(reply, "*IDN?", self.name)
             raise ReplyError(self.name, "*IDN?", reply, "not an identity")
         return reply

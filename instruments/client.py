@@ -167,7 +167,7 @@ class Client:
             except httpx.TransportError as err:
                 if deadline is None and not isinstance(err, httpx.ReadTimeout):
                     raise ServiceError(f"lost the event stream of job {job_id}: {err}") from err
-                if isinstance(err, httpx.ReadTimeout) or deadline is None:
+                if isinstance(err, httpx.ReadTimeout):
                     failures, unanswered = 0, None  # connected; the job is just slow
                     continue
                 failures += 1

@@ -326,18 +326,20 @@ def _overridden(station: Any, job: WriteOverrides) -> Iterator[None]:
     happens (which re-applies the station's), and none of them outlives it."""
     original = station.config
     station.config = _write_config(original, job)
+    succeeded = False
     try:
         station.retry("apply the job's write settings", station.configure)
         yield
-    except BaseException:
+        succeeded = True
+    finally:
         station.config = original
-        try:  # best effort: the link may be what failed; any reconnect re-applies them
+        try:
             station.retry("restore the write settings", station.configure)
         except Exception as err:
+            if succeeded:
+                raise
+            # the link may be what failed the job; any reconnect re-applies the settings
             log.warning("write settings not restored after a failed job: %s", err)
-        raise
-    station.config = original
-    station.retry("restore the write settings", station.configure)
 
 
 @contextmanager
@@ -393,16 +395,12 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
 
 def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
     from .store import RunStore, parse_die_key
-    from .sweep import SWEEP_KIND, SweepInterrupted, check_resume, planned_dies, start_run, sweep
+    from .sweep import SweepInterrupted, begin_sweep_run, planned_dies, sweep
 
     st = ctx.station
     with RunStore(ctx.store_path) as store:
-        if job.resume_run:
-            check_resume(store, job.resume_run, st)
-        run_id = job.resume_run or start_run(store, st, st.config, SWEEP_KIND)
+        run_id = begin_sweep_run(store, st, job.resume_run)
         ctx.note(run_id=run_id)
-        if job.resume_run:
-            store.set_status(run_id, "running")
         planned = planned_dies(st)
         total = len(planned)
         done = [0]
@@ -413,15 +411,12 @@ def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
 
         ctx.progress(0, total, "starting")
         try:
-            measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress,
-                             dies=planned)
+            with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
+                measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress,
+                                 dies=planned)
         except SweepInterrupted as err:
-            store.set_status(run_id, "interrupted", str(err))
             raise StopRequestedError(f"stopped before die {err.die}; resume with 'mtjlab jobs "
                                      f"--resume {ctx.job_id}' (run {run_id})") from err
-        except BaseException as err:
-            store.set_status(run_id, "failed", f"{type(err).__name__}: {err}")
-            raise
         store.set_status(run_id, "finished")
         keys = store.dies_done(run_id)
         kinds = np.stack([store.array(run_id, k, "kinds") for k in keys])

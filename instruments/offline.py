@@ -235,12 +235,13 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
                              "run 'mtjlab train' first")
         first, config = _agreed_training(store, trained_runs)
+        trained_dir = absolute(first["data_dir"])
         if (seed is not None and seed != first["seed"]) or (
-                data_dir is not None and data_dir != absolute(first["data_dir"])):
+                data_dir is not None and data_dir != trained_dir):
             raise ValueError(f"the weights were trained with seed {first['seed']} on "
                              f"{first['data']}; evaluate with those (another split or set "
                              "would test on training digits)")
-        seed, data_dir = first["seed"], absolute(first["data_dir"])
+        seed, data_dir = first["seed"], trained_dir
         setup = prepare(measured.maps, measured.device_model(), config)
         data = load_default(data_dir, seed=seed)
         base_err = float(first["baseline_error_pct"])

@@ -82,6 +82,15 @@ def check_resume(store: RunStore, run_id: int, station: Station) -> None:
                          f"({identities} then, {station.identities} now)")
 
 
+def begin_sweep_run(store: RunStore, station: Station, resume_run: int | None) -> int:
+    """A new sweep run, or `resume_run` checked against this station and marked running."""
+    if resume_run is None:
+        return start_run(store, station, station.config, SWEEP_KIND)
+    check_resume(store, resume_run, station)
+    store.set_status(resume_run, "running")
+    return resume_run
+
+
 def die_arrays(m: DieMeasurement) -> dict[str, np.ndarray]:
     return {"kinds": m.kinds, "r_p_ohm": m.r_p_ohm, "r_ap_ohm": m.r_ap_ohm}
 
@@ -138,11 +147,7 @@ def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
         run_id = store.latest_run(SWEEP_KIND, finished=False) if resume else None
         if resume and run_id is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
-        if run_id is None:
-            run_id = start_run(store, station, config, SWEEP_KIND)
-        else:
-            check_resume(store, run_id, station)
-            store.set_status(run_id, "running")
+        run_id = begin_sweep_run(store, station, run_id)
         with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
             sweep(station, store, run_id, stop=stop, progress=progress)
         store.set_status(run_id, "finished")

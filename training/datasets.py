@@ -114,9 +114,10 @@ def load_mnist(folder: str | Path) -> Dataset:
                                f"{len(labels)} labels")
         if len(images) == 0:
             raise DatasetError(f"{ipath}: no images (the {split} split is empty)")
-        if labels.min() < 0 or labels.max() > 9:
-            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
-            raise DatasetError(f"{lpath}: label {bad} outside 0..9")
+        lowest, highest = int(labels.min()), int(labels.max())
+        if lowest < 0 or highest > 9:
+            raise DatasetError(f"{lpath}: label {lowest if lowest < 0 else highest} outside "
+                               "0..9")
         parts[split] = (images.astype(np.float32) / 255.0, labels.astype(np.int64))
     return Dataset(*parts["train"], *parts["test"], name=f"mnist:{folder}")
 

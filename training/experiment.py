@@ -50,6 +50,8 @@ def for_stage(hook: StageEpochHook | None, stage: str) -> EpochHook | None:
 #: common-mode check); hat, sat, placed: see `Solutions.programs`.
 METHODS = ("unaware", "unaware_cm", "hat", "sat", "placed")
 PLAIN_READOUT = "diff"
+#: the paper's chip: plain differences, the output layer read whole (layout and network alike)
+PLAIN_FIELDS: dict[str, object] = {"readout": PLAIN_READOUT, "output_reads": 1}
 
 
 def as_method(method: str, layout: ArrayLayout | Sequence[ArrayLayout], net: NetworkConfig
@@ -59,10 +61,10 @@ def as_method(method: str, layout: ArrayLayout | Sequence[ArrayLayout], net: Net
         return (layout if isinstance(layout, ArrayLayout) else list(layout)), net
 
     def plain(lo: ArrayLayout) -> ArrayLayout:
-        return replace(lo, readout=PLAIN_READOUT, output_reads=1)
+        return replace(lo, **PLAIN_FIELDS)  # type: ignore[arg-type]
 
     lay = plain(layout) if isinstance(layout, ArrayLayout) else [plain(lo) for lo in layout]
-    return lay, net.model_copy(update={"readout": PLAIN_READOUT, "output_reads": 1})
+    return lay, net.model_copy(update=PLAIN_FIELDS)
 
 
 class ExperimentConfig(BaseModel):
