@@ -92,8 +92,11 @@ def speed(sol: Solutions, data, cfg: ExperimentConfig, seed: int) -> dict[str, f
         one_b = cfg.baseline.model_copy(update={"epochs": 1})
         return train_baseline(data, net, one_b, seed=seed).epoch_seconds
 
-    def sat_fn() -> list[float]:  # at the full defect rate (no warm-up): a typical epoch
-        one_s = cfg.sat.model_copy(update={"epochs": 1, "warmup_fraction": 0.0})
+    def sat_fn() -> list[float]:
+        # at the full defect rate (no warm-up): a typical epoch; one epoch per call, as the
+        # baseline's (min_steps would make it 20, and a min over 20x more epochs)
+        one_s = cfg.sat.model_copy(update={"epochs": 1, "min_steps": 0,
+                                           "warmup_fraction": 0.0})
         return train_sat(data, sol.layout, sol.stats, net, one_s, seed=seed,
                          init=init).epoch_seconds
 

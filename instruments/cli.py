@@ -189,12 +189,12 @@ def run_command(args: argparse.Namespace) -> int:
 
     from .config import StationFileError
     from .station import StationError
-    from .store import StoreError
+    from .store import RunMissing, StoreError
     from .sweep import SweepInterrupted
 
     try:
         return args.fn(args)
-    except (BadInput, StationFileError, ValidationError, FileNotFoundError,
+    except (BadInput, StationFileError, ValidationError, FileNotFoundError, RunMissing,
             LimitError) as err:
         print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from simulated_hw import WaferConfig
+from simulated_hw import MAX_INFER_VECTORS, WaferConfig
 
 
 class StationFileError(ValueError):
@@ -92,8 +92,9 @@ class MeasurementConfig(_Model):
     compliance_a: float = Field(0.01, gt=0)
     averages: int = Field(256, ge=1, le=1024, description="readings the tester averages per "
                           "array read and per inference (noise falls as 1/sqrt)")
-    infer_batch_rows: int = Field(1024, ge=1, le=65_536, description="input vectors per "
-                                  "inference query; longer batches are split, each part "
+    infer_batch_rows: int = Field(1024, ge=1, le=MAX_INFER_VECTORS, description="input "
+                                  "vectors per inference query (at most what the tester "
+                                  "takes in one); longer batches are split, each part "
                                   "retried on its own")
     max_write_pulses: int = Field(6, ge=1, le=50, description="write-verify attempts")
     pulse_step_v: float = Field(0.05, ge=0, description="escalation per failed attempt")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,12 @@ from .store import MEASURING_KINDS, RunStore, StoreError
 
 def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
                  run_id: int | None = None, force: bool = False) -> Path:
-    """Write every array of a run (keys `die/name`) plus its metadata; returns the file.
+    """Write every array of a run (keys `die/name`), its records (per-die counts, pulses,
+    summaries: JSON) and its metadata; returns the file.
+
+    npz: arrays as `die__name`, the run's row as `run_json`, the records as `records_json`
+    ({die: {name: value}}). HDF5: arrays as datasets `die/name`, the run's row as file
+    attributes, each record as a JSON string attribute `name` of the group `die`.
 
     run_id: default the latest finished measuring run (sweep or demo), else the latest
     finished run; an unfinished one only when named. out: default next to the store; an
@@ -31,11 +37,12 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
         meta = store.run_row(run_id)
         arrays = {f"{die}/{name}": store.array(run_id, die, name)
                   for die, name in store.array_names(run_id)}
+        records = store.records(run_id)
     suffix = ".npz" if fmt == "npz" else ".h5"
     path = Path(out) if out else store_path.with_name(f"{store_path.stem}-run{run_id}{suffix}")
     tmp = path.with_name(path.name + ".partial")
     try:
-        _write(tmp, fmt, arrays, meta)
+        _write(tmp, fmt, arrays, records, meta)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -68,12 +75,13 @@ def _default_run(store: RunStore) -> int:
     return run_id
 
 
-def _write(tmp: Path, fmt: str, arrays: dict[str, np.ndarray], meta: dict[str, object]
-           ) -> None:
+def _write(tmp: Path, fmt: str, arrays: dict[str, np.ndarray],
+           records: dict[str, dict[str, Any]], meta: dict[str, object]) -> None:
     if fmt == "npz":
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **{k.replace("/", "__"): v for k, v in arrays.items()},
-                                run_json=np.array(json.dumps(meta)))
+                                run_json=np.array(json.dumps(meta)),
+                                records_json=np.array(json.dumps(records)))
     else:
         import h5py
 
@@ -82,3 +90,7 @@ def _write(tmp: Path, fmt: str, arrays: dict[str, np.ndarray], meta: dict[str, o
                 h5.create_dataset(key, data=value, compression="gzip")
             for key, value in meta.items():
                 h5.attrs[key] = "" if value is None else value
+            for die, named in records.items():
+                group = h5.require_group(die)
+                for name, value in named.items():
+                    group.attrs[name] = json.dumps(value)

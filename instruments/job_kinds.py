@@ -35,7 +35,7 @@ from drivers.prober import DieIndex
 from .config import StationConfig
 
 if TYPE_CHECKING:
-    from training.mapping import ArrayLayout
+    from training.mapping import ArrayLayout, DeviceModel
 
 log = logging.getLogger(__name__)
 
@@ -182,18 +182,42 @@ class InferJob(_Job):
     readout: Literal["diff", "common_mode"] = Field("diff", description="pair read-out")
     output_reads: int = Field(1, ge=1, le=64, description="chip reads of the output layer "
                               "per input (common_mode only)")
+    device: Literal["auto", "measured", "nominal"] = Field(
+        "auto", description="healthy-cell conductances the common-mode check expects: "
+        "'measured' (fitted from the store's latest finished sweep, as training uses), "
+        "'nominal' (the design's), 'auto' (measured if the store holds a finished sweep)")
 
-    def layout(self, rows: int, cols: int, read_voltage_v: float) -> ArrayLayout:
+    def layout(self, rows: int, cols: int, read_voltage_v: float,
+               device: DeviceModel | None = None) -> ArrayLayout:
         """`ArrayLayout.default` of this network on a rows x cols array (same defaults;
         ValueError if it does not fit), read at the station's read voltage (the common-mode
-        check compares currents with the nominal ones at that voltage). The experiment's
-        network is sizes (100, 70, 10), output_copies 3, readout "common_mode",
-        output_reads 4."""
+        check compares currents with the expected ones at that voltage) with `device`'s
+        conductances (default: nominal). The experiment's network is sizes (100, 70, 10),
+        output_copies 3, readout "common_mode", output_reads 4."""
         from training.mapping import ArrayLayout, DeviceModel
 
-        return ArrayLayout.default(self.sizes, rows, cols, self.output_copies,
-                                   device=DeviceModel(v_read_v=read_voltage_v),
+        device = (device or DeviceModel()).model_copy(update={"v_read_v": read_voltage_v})
+        return ArrayLayout.default(self.sizes, rows, cols, self.output_copies, device=device,
                                    readout=self.readout, output_reads=self.output_reads)
+
+    def device_model(self, store_path: Path) -> tuple[str, DeviceModel]:
+        """(which, conductances) for this job: see `device`. RejectedJobError if 'measured'
+        is asked for and the store holds no finished sweep."""
+        from training.mapping import DeviceModel
+
+        from .loop import load_measurements
+        from .store import RunStore, StoreError
+
+        if self.device == "nominal":
+            return "nominal", DeviceModel()
+        try:
+            with RunStore(store_path, create=False) as store:
+                measured = load_measurements(store)
+        except (StoreError, FileNotFoundError) as err:
+            if self.device == "auto":
+                return "nominal", DeviceModel()
+            raise RejectedJobError(f"device 'measured' needs a finished sweep: {err}") from None
+        return f"measured (run {measured.run_id})", measured.device_model()
 
 
 class TrainJob(_Job):
@@ -261,6 +285,8 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
             raise RejectedJobError("targets must be integers 0 (P), 1 (AP) or 2 (leave)")
     if isinstance(job, InferJob):
         _check_inputs(job, info)
+        if job.device == "measured":
+            job.device_model(store_path)
     if isinstance(job, SweepJob) and job.resume_run is not None:
         _check_resumable(store_path, job.resume_run)
     if getattr(job, "data_dir", None) and not Path(job.data_dir).is_dir():  # type: ignore[arg-type]
@@ -378,7 +404,8 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
 
 def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
-    layout = job.layout(*st.tester.shape, st.config.measurement.read_voltage_v)
+    which, device = job.device_model(ctx.store_path)
+    layout = job.layout(*st.tester.shape, st.config.measurement.read_voltage_v, device)
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:
@@ -390,7 +417,8 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
         predictions = layout.infer(job.inputs.astype(np.uint8), column_currents)
     arrays = {"predictions": predictions.astype(np.int64)}
     arrays.update({f"currents_{i}": c for i, c in enumerate(currents)})
-    return Outcome({"die": list(job.die), "n": len(predictions)}, arrays)
+    return Outcome({"die": list(job.die), "n": len(predictions), "device": which,
+                    "g_p_s": device.g_p_s, "g_ap_s": device.g_ap_s}, arrays)
 
 
 def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:

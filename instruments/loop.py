@@ -69,13 +69,16 @@ def latest_measurement_run(store: RunStore) -> int:
     if last is not None:
         row = store.run_row(last)
         if row["kind"] == SWEEP_KIND:
-            what, advice = row["status"], "finish it with 'mtjlab sweep --resume' first"
+            what = row["status"]
+            advice = "finish it first ('mtjlab sweep --resume', or a sweep job with resume_run)"
         else:
             what = f"a {row['status']} {row['kind']}"
-            advice = "it cannot be resumed: run 'mtjlab sweep' (or the demo) again"
+            advice = ("it cannot be resumed: sweep again ('mtjlab sweep' or a sweep job, or "
+                      "the demo)")
         raise StoreError(f"{store.path}: no finished sweep in this store (run {last} is "
                          f"{what}); {advice}")
-    raise StoreError(f"{store.path}: no sweep in this store; run 'mtjlab sweep' first")
+    raise StoreError(f"{store.path}: no sweep in this store; sweep first ('mtjlab sweep' or a "
+                     "sweep job)")
 
 
 def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:

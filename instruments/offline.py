@@ -233,7 +233,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
         trained_runs = _latest_trained(store, measured)
         if not trained_runs:
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
-                             "run 'mtjlab train' first")
+                             "train first ('mtjlab train' or a train job)")
         first, config = _agreed_training(store, trained_runs)
         trained_dir = absolute(first["data_dir"])
         if (seed is not None and seed != first["seed"]) or (
@@ -309,7 +309,7 @@ def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
                       and store.record(r.run_id, WHOLE_RUN, "summary") is not None]
         if not candidates:
             raise StoreError(f"{store.path}: no finished demo or evaluation to report; run "
-                             "'mtjlab evaluate' first")
+                             "'mtjlab evaluate' (or an evaluate job) first")
         run_id = max(candidates)
         summary = store.record(run_id, WHOLE_RUN, "summary")
         sweep_run = store.snapshot(run_id).get("sweep_run", run_id)

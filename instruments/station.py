@@ -138,13 +138,10 @@ class Station:
         self._shape = self.tester.shape
 
     def _read_identities(self) -> dict[str, str]:
-        """Both *IDN? replies, each read twice: a garbled reply must not pass for an identity."""
-        first = {"prober": self.prober.identity(), "tester": self.tester.identity()}
-        second = {"prober": self.prober.identity(), "tester": self.tester.identity()}
-        if first != second:
-            raise ReplyError("station", "*IDN?", f"{first} then {second}",
-                             "identity replies disagree")
-        return first
+        """Both *IDN? replies, read until two reads agree (`agreed`): a garbled reply must
+        not pass for an identity."""
+        return self.agreed("read identities", lambda: {"prober": self.prober.identity(),
+                                                       "tester": self.tester.identity()})
 
     def _close_drivers(self) -> None:
         for name in ("prober", "tester"):

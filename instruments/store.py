@@ -73,6 +73,10 @@ class StoreMissing(StoreError, FileNotFoundError):
     """The named store file does not exist (a bad argument, not a failed run)."""
 
 
+class RunMissing(StoreError, LookupError):
+    """The store holds no run of the id asked for (a bad argument, not a failed run)."""
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -221,7 +225,7 @@ class RunStore:
         cur = self.db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,))
         row = cur.fetchone()
         if row is None:
-            raise StoreError(f"{self.path}: no run {run_id}")
+            raise RunMissing(f"{self.path}: no run {run_id}")
         return dict(zip([c[0] for c in cur.description], row, strict=True))
 
     def snapshot(self, run_id: int) -> dict[str, Any]:
@@ -313,6 +317,15 @@ class RunStore:
         row = self.db.execute("SELECT json FROM records WHERE run_id=? AND die=? AND name=?",
                               (run_id, die, name)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def records(self, run_id: int) -> dict[str, dict[str, Any]]:
+        """Every record of a run: {die: {name: value}} (die `RUN_LEVEL` for the run's own)."""
+        out: dict[str, dict[str, Any]] = {}
+        for die, name, text in self.db.execute(
+                "SELECT die, name, json FROM records WHERE run_id=? ORDER BY die, name",
+                (run_id,)):
+            out.setdefault(die, {})[name] = json.loads(text)
+        return out
 
     def array_names(self, run_id: int) -> list[tuple[str, str]]:
         return [tuple(r) for r in self.db.execute(

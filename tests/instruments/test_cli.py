@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from drivers.errors import InstrumentTimeout, LimitError, ReplyError
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main, run_command
+from instruments.store import RunStore
 
 SMALL_STATION = """
 name: cli-test
@@ -42,12 +44,18 @@ def test_sweep_runs_and_export(tmp_path: Path, station_file: Path,
     with np.load(npz) as data:
         assert data["0,0__kinds"].shape == (100, 200)
         assert "run_json" in data
+        records = json.loads(str(data["records_json"]))
+    with RunStore(store) as rs:
+        assert records == rs.records(1)
+        assert records["1,0"]["counts"] == rs.record(1, "1,0", "counts")
     h5 = tmp_path / "run.h5"
     assert main(["-q", "export", "--store", str(store), "--format", "hdf5",
                  "--out", str(h5)]) == EXIT_OK
     with h5py.File(h5) as f:
         assert f["1,0/r_p_ohm"].shape == (100, 200)
         assert f.attrs["kind"] == "sweep"
+        assert json.loads(f["1,0"].attrs["counts"]) == records["1,0"]["counts"]
+        assert json.loads(f["0,0"].attrs["pulses"]) == records["0,0"]["pulses"]
 
 
 def test_bad_station_file_is_exit_2_with_location(tmp_path: Path,
@@ -60,8 +68,15 @@ def test_bad_station_file_is_exit_2_with_location(tmp_path: Path,
     assert f"{bad}:2: safety.max_pulse_v" in err
 
 
-def test_missing_store_and_bad_arguments_are_exit_2(tmp_path: Path) -> None:
+def test_missing_store_and_bad_arguments_are_exit_2(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["runs", "--store", str(tmp_path / "none.sqlite")]) == EXIT_BAD_INPUT
+    store = tmp_path / "empty.sqlite"
+    RunStore(store).close()
+    capsys.readouterr()
+    for argv in (["runs", "--station", "7"], ["export", "--format", "npz", "--run", "7"]):
+        assert main([*argv, "--store", str(store)]) == EXIT_BAD_INPUT  # a run id not stored
+        assert capsys.readouterr().err.endswith(f"{store}: no run 7\n")
     assert main(["train", "--store", "x", "--method", "magic"]) == EXIT_BAD_INPUT
     assert main(["nonsense"]) == EXIT_BAD_INPUT
 

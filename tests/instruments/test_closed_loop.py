@@ -118,7 +118,8 @@ def test_training_a_store_without_a_sweep_fails_clearly(tmp_path: Path,
     empty = tmp_path / "empty.sqlite"
     RunStore(empty).close()
     assert main(["-q", "train", "--store", str(empty), "--method", "sat"]) == EXIT_FAILED
-    assert "no sweep in this store; run 'mtjlab sweep' first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no sweep in this store; sweep first ('mtjlab sweep' or a sweep job)" in err
 
 
 def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
