@@ -36,6 +36,9 @@ from .job_kinds import (
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+#: terminal states whose oldest jobs are deleted beyond `JobStore.keep_finished` (an interrupted
+#: job is kept: it can still be resumed)
+PRUNED = ("succeeded", "failed", "cancelled")
 
 
 # ---- the persistent queue ----------------------------------------------------------------------
@@ -104,9 +107,13 @@ def _hold_exclusively(path: Path) -> IO[bytes]:
 class JobStore:
     """Jobs and their results in one SQLite file (WAL); safe to share between threads."""
 
-    def __init__(self, path: str | Path, *, max_queued: int = 1000) -> None:
+    def __init__(self, path: str | Path, *, max_queued: int = 1000,
+                 keep_finished: int = 1000) -> None:
+        if keep_finished < 1:
+            raise ValueError(f"keep_finished must be at least 1, got {keep_finished}")
         self.path = Path(path)
         self.max_queued = max_queued
+        self.keep_finished = keep_finished
         self._lock = threading.Lock()
         self._held = _hold_exclusively(self.path.with_name(self.path.name + ".lock"))
         try:
@@ -123,6 +130,17 @@ class JobStore:
             db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
                        "error='the service stopped while the job was running' "
                        "WHERE state='running'", (time.time(),))
+            self._prune(db)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Delete finished jobs (and their results) beyond the newest `keep_finished`: a
+        service that runs for months keeps a bounded queue file. Measured data lives in the
+        run store, which is never pruned."""
+        old = (f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(PRUNED))}) "
+               "ORDER BY id DESC LIMIT -1 OFFSET ?")
+        args = (*PRUNED, self.keep_finished)
+        db.execute(f"DELETE FROM results WHERE job_id IN ({old})", args)
+        db.execute(f"DELETE FROM jobs WHERE id IN ({old})", args)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -270,6 +288,7 @@ class JobStore:
                        "version=version+1 WHERE id=?",
                        (state, time.time(), json.dumps(merged), error, job_id))
             changed = self._changed(db, job_id)
+            self._prune(db)
         self._publish(changed)
 
     def cancel(self, job_id: int) -> tuple[bool, str]:

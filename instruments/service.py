@@ -186,10 +186,11 @@ class Service:
 
     def __init__(self, config: StationConfig, store_path: Path, jobs_path: Path, *,
                  station_factory: Callable[[StationConfig], Any] | None = None,
-                 paused: bool = False, max_queued: int = 1000) -> None:
+                 paused: bool = False, max_queued: int = 1000,
+                 keep_finished: int = 1000) -> None:
         self.config = config
         self.store_path = store_path
-        self.jobs = JobStore(jobs_path, max_queued=max_queued)
+        self.jobs = JobStore(jobs_path, max_queued=max_queued, keep_finished=keep_finished)
         self.broker = EventBroker()
         self.jobs.listeners.append(self.broker.publish)
         self.worker = Worker(config, self.jobs, store_path, station_factory=station_factory,
@@ -220,11 +221,14 @@ def default_jobs_path(store_path: Path) -> Path:
 def create_app(config: StationConfig, store_path: str | Path, *, token: str | None = None,
                jobs_path: str | Path | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
                station_factory: Callable[[StationConfig], Any] | None = None,
-               paused: bool = False, max_queued: int = 1000) -> FastAPI:
-    """The HTTP app of one station. The Station opens (in the worker) at app startup."""
+               paused: bool = False, max_queued: int = 1000,
+               keep_finished: int = 1000) -> FastAPI:
+    """The HTTP app of one station. The Station opens (in the worker) at app startup.
+    keep_finished: finished jobs kept with their results (the oldest are deleted)."""
     store_path = Path(store_path)
     svc = Service(config, store_path, Path(jobs_path or default_jobs_path(store_path)),
-                  station_factory=station_factory, paused=paused, max_queued=max_queued)
+                  station_factory=station_factory, paused=paused, max_queued=max_queued,
+                  keep_finished=keep_finished)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -440,14 +444,14 @@ def _server(app: FastAPI) -> Any:
 
 def serve(station_file: str | Path, host: str = "127.0.0.1", port: int = 8000,
           store: str | Path | None = None, token: str | None = None,
-          announce: Callable[[str], None] = print) -> None:
+          announce: Callable[[str], None] = print, keep_jobs: int = 1000) -> None:
     """Run the service until interrupted (Ctrl-C or SIGTERM stop it at a safe point)."""
     token = token or os.environ.get(TOKEN_ENV) or None
     check_bind(host, token)
     config = load_station(station_file)
     store_path = Path(store or "mtjlab-runs.sqlite")
     sock = _bind(host, port)
-    app = create_app(config, store_path, token=token)
+    app = create_app(config, store_path, token=token, keep_finished=keep_jobs)
     svc: Service = app.state.service
     try:  # open the station before serving: a failure is one line and exit 1, not uvicorn's
         svc.worker.start()

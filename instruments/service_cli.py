@@ -43,12 +43,22 @@ def _load_npy(path: str) -> np.ndarray:
         raise ValueError(f"{path}: cannot read a .npy array: {err}") from err
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .service import serve
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down cleanly
         serve(args.station, host=args.host, port=args.port, store=args.store, token=args.token,
-              announce=lambda text: print(text, flush=True))
+              announce=lambda text: print(text, flush=True), keep_jobs=args.keep_jobs)
     return EXIT_OK
 
 
@@ -170,6 +180,10 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
                          "is kept next to it as <store>.jobs.sqlite")
     sp.add_argument("--token", default=None, help="require this bearer token "
                                                   "(default: $MTJLAB_TOKEN)")
+    sp.add_argument("--keep-jobs", type=_at_least_one, default=1000, metavar="N",
+                    help="finished jobs kept with their results (default 1000); older ones "
+                         "are deleted (interrupted jobs are kept for --resume; the run "
+                         "store is never pruned)")
 
     sp = add("submit", cmd_submit, "submit a job to the station service")
     sp.add_argument("kind", choices=KINDS)

@@ -74,3 +74,25 @@ def test_serve_with_instruments_that_do_not_answer_exits_1_in_one_line(
     err = capsys.readouterr().err
     assert "cannot talk to the instruments" in err and "Traceback" not in err
     JobStore(default_jobs_path(tmp_path / "run.sqlite")).close()  # the queue lock is free
+
+
+def test_the_queue_keeps_only_the_newest_finished_jobs(tmp_path: Path) -> None:
+    """Finished jobs beyond keep_finished go, with their results (a bounded queue file);
+    queued, running and interrupted jobs stay (an interrupted one can still be resumed)."""
+    path = tmp_path / "q.jobs.sqlite"
+    jobs = JobStore(path, keep_finished=3)
+    ids = [jobs.submit("measure", {"die": [0, i]})["id"] for i in range(6)]
+    for i in ids[:5]:
+        jobs.claim_next()
+        jobs.finish(i, "succeeded", npz=b"PK")
+    assert [j["id"] for j in jobs.list()] == ids[2:]  # 3 finished + the queued one
+    assert jobs.result(ids[1]) is None and jobs.result(ids[4]) == b"PK"
+    jobs.claim_next()  # running when the service dies: interrupted at the next start
+    jobs.close()
+    jobs = JobStore(path, keep_finished=1)
+    try:
+        assert {j["id"]: j["state"] for j in jobs.list()} == {ids[4]: "succeeded",
+                                                               ids[5]: "interrupted"}
+    finally:
+        jobs.close()
+    assert main(["serve", "--station", "x.yaml", "--keep-jobs", "0"]) == 2
