@@ -24,7 +24,7 @@ from .mapping import (
     readout_correction,
     reliable_outputs,
 )
-from .network import BinaryNetwork, NetworkConfig, combine_copies
+from .network import BinaryNetwork, NetworkConfig, combine_copies, shared_weights
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     common = net_config.readout == "common_mode"
     tol = net_config.readout_tol
     reads = net_config.output_reads if common else 1
-    w1, w2 = (torch.as_tensor(w, dtype=torch.float32) for w in weights)
-    w1, w2 = (w[0] if w.ndim == 3 else w for w in (w1, w2))
+    w1, w2 = shared_weights(weights, net_config)
     s1, s2 = (w1 > 0).float(), (w2 > 0).float()
     xt = x.T.contiguous()  # (n_in, N)
     c_phys = s2.shape[1]

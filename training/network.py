@@ -132,6 +132,21 @@ def combine_copies(scores: torch.Tensor, copies: int, how: str,
     return s.mean(dim=-2) if how == "mean" else s.median(dim=-2).values
 
 
+def shared_weights(weights: Sequence[torch.Tensor], config: NetworkConfig
+                   ) -> list[torch.Tensor]:
+    """One weight set for every die, as float (n_in, n_out) per layer; accepts (1, n_in,
+    n_out) too. ValueError naming the shapes for anything else (transposed, per-die sets,
+    the wrong number of layers): a silent reshape would evaluate other weights."""
+    want = list(itertools.pairwise(config.physical_sizes))
+    got = [tuple(torch.as_tensor(w).shape) for w in weights]
+    if len(got) != len(want) or any(g not in (s, (1, *s))
+                                    for g, s in zip(got, want, strict=True)):
+        raise ValueError(f"weights of shapes {got} for a network of layers {want} (one shared "
+                         "set: (n_in, n_out) or (1, n_in, n_out) per layer)")
+    return [torch.as_tensor(w, dtype=torch.float32).reshape(s)
+            for w, s in zip(weights, want, strict=True)]
+
+
 class BinaryNetwork(nn.Module):
     """Binary MLP on crossbar physics; `replicas` independent weight sets (dies) share a forward.
 

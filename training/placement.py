@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 from .mapping import ArrayCells, ArrayLayout, LayerPlacement, extract_layer
-from .network import NetworkConfig, combine_copies
+from .network import NetworkConfig, combine_copies, shared_weights
 
 
 class PlacementConfig(BaseModel):
@@ -56,11 +56,6 @@ def _pair_severity(cells: ArrayCells, layout: ArrayLayout) -> np.ndarray:
     """Per column pair (2q, 2q+1): summed deviation from nominal, weight units."""
     sev = _cell_deviation(cells, layout).sum(0)
     return (sev[0::2] + sev[1::2]).numpy()
-
-
-def _as_single(w: torch.Tensor) -> torch.Tensor:
-    w = torch.as_tensor(w, dtype=torch.float32)
-    return w[0] if w.ndim == 3 else w
 
 
 def _input_rows(activity: np.ndarray, row_cost: np.ndarray, n_rows: int) -> np.ndarray:
@@ -100,8 +95,9 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
     networks are supported. Deterministic for given inputs.
     """
     config = config or PlacementConfig()
-    if max_samples is not None:
-        config = config.model_copy(update={"max_samples": max_samples})
+    if max_samples is not None:  # validated as the config's own field is
+        config = PlacementConfig.model_validate({**config.model_dump(),
+                                                 "max_samples": max_samples})
     if len(layout.layers) != 2:
         raise NotImplementedError("placement is implemented for two-layer networks")
     if cells.n != 1:
@@ -111,7 +107,7 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
                          f"{layout.cols} layout")
     if layout.cols % 2:
         raise ValueError("placement pairs columns (2q, 2q+1): the array needs an even width")
-    w1, w2 = (_as_single(w) for w in weights)
+    w1, w2 = shared_weights(weights, net_config)
     l1, l2 = layout.layers
     if l1.replicas != 1:
         raise NotImplementedError("placement needs one row per input in layer 1")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .defects import DefectStatistics
 from .mapping import ArrayLayout, check_readout
-from .network import BinaryNetwork, NetworkConfig
+from .network import BinaryNetwork, NetworkConfig, shared_weights
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,14 @@ def loss_distribution(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch
                       layout: ArrayLayout, stats: DefectStatistics, net_config: NetworkConfig,
                       n_maps: int = 200, seed: int = 0, batch_maps: int = 25,
                       max_samples: int = 1000) -> LossDistribution:
-    """Loss of shared weights on n_maps random maps drawn from stats (same maps for a seed)."""
+    """Loss of shared weights on n_maps random maps drawn from stats, batch_maps at a time
+    (the same maps for the same seed and batch_maps)."""
+    if n_maps < 1 or batch_maps < 1 or max_samples < 1:
+        raise ValueError(f"n_maps, batch_maps and max_samples must be at least 1, got "
+                         f"{n_maps}, {batch_maps}, {max_samples}")
     check_readout(layout, net_config)
     net = BinaryNetwork(net_config)
-    net.load_binary([torch.as_tensor(w).reshape(net.weights[i].shape[1:])
-                     for i, w in enumerate(weights)])
+    net.load_binary(shared_weights(weights, net_config))
     g = torch.Generator().manual_seed(seed)
     x, y = x[:max_samples], y[:max_samples]
     out = []

@@ -25,12 +25,49 @@ def test_defect_map_validation() -> None:
     m = DefectMap(np.zeros((2, 4), np.int8))
     with pytest.raises(ValueError, match=r"\(2, 4\).*\(100, 200\)"):
         m.check_shape((100, 200))
+    for bad in (np.nan, -5.0):  # a reading that is no resistance: refused, with its place
+        r = np.zeros((2, 4), np.float32)
+        r[1, 2] = bad
+        with pytest.raises(ValueError, match="NaN or negative.*row 1, col 2"):
+            DefectMap(np.zeros((2, 4), np.int8), r)
+    DefectMap(np.full((2, 4), int(CellDefect.OPEN), np.int8), np.full((2, 4), np.inf))
 
 
 def test_failed_lines_detected() -> None:
     m = random_map(failed_row=3, seed=1)
     rows, cols = failed_lines(m.kinds)
     assert rows == [(3, int(CellDefect.OPEN))] and cols == []
+    kinds = m.kinds.copy()
+    kinds[:, 7] = int(CellDefect.SHORT)  # a failed column crossing the failed row
+    assert failed_lines(kinds) == ([(3, int(CellDefect.OPEN))], [(7, int(CellDefect.SHORT))])
+    for bad in (0.5, 0.0, 1.5):  # at or below half a line could be two kinds at once
+        with pytest.raises(ValueError, match=r"\(0.5, 1\]"):
+            failed_lines(kinds, bad)
+
+
+def test_a_dead_die_counts_each_cell_for_one_line_only(small_maps: list[DefectMap]) -> None:
+    """An all-open die is 20 failed rows, not 20 rows and 40 columns (which the sampler would
+    then put on every die, doubling the wafer's open cells)."""
+    dead = DefectMap(np.full((20, 40), int(CellDefect.OPEN), np.int8))
+    assert failed_lines(dead.kinds) == ([(i, int(CellDefect.OPEN)) for i in range(20)], [])
+    maps = [*small_maps, dead]
+    st = DefectStatistics.fit(maps)
+    assert st.failed_cols_per_die == 0
+    observed = np.mean([(m.kinds == CellDefect.OPEN).mean() for m in maps])
+    kinds, _ = st.sample_sparse(400, seed=0).dense()
+    sampled = float((kinds == int(CellDefect.OPEN)).float().mean())
+    assert sampled == pytest.approx(observed, rel=0.35), (sampled, observed)
+
+
+def test_fit_uses_measured_resistances_only(small_maps: list[DefectMap]) -> None:
+    """Unmeasured (0) or open-circuit (inf) readings do not enter the fitted resistances."""
+    kinds = np.zeros((20, 40), np.int8)
+    kinds[0, :10] = int(CellDefect.SHORT)
+    r = np.where(kinds == CellDefect.SHORT, 1150.0, 0.0).astype(np.float32)
+    r[0, 0], r[0, 1] = 0.0, np.inf
+    st = DefectStatistics.fit([DefectMap(kinds, r)])
+    assert st.short_log_r_mean == pytest.approx(np.log(1150.0))
+    assert st.short_log_r_std == pytest.approx(0.0, abs=1e-6)
 
 
 def test_fit_rates_and_lines(small_maps: list[DefectMap]) -> None:

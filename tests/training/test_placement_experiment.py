@@ -46,6 +46,36 @@ def test_placement_is_valid_and_deterministic(toy_data: BinaryData, base) -> Non
     assert a.sizes == LAYOUT.sizes  # ArrayLayout.__post_init__ also checked overlaps
 
 
+def test_weights_of_the_wrong_shape_are_refused_not_reshaped(toy_data: BinaryData,
+                                                             base) -> None:
+    """Transposed weights have the right number of elements: a reshape would evaluate other
+    weights. Placement, the loss distribution and the evaluation name the shapes instead."""
+    from pydantic import ValidationError
+
+    from training.defects import DefectStatistics
+    from training.sensitivity import loss_distribution
+
+    maps = [random_map(rows=20, cols=40, rate=0.04, seed=3)]
+    cells = cells_from_defect_maps(maps, LAYOUT.device)
+    stats = DefectStatistics.fit(maps)
+    x, y = toy_data.x_test, toy_data.y_test
+    flipped = [w[0].T.contiguous() for w in base]  # base: (1, n_in, n_out) per layer
+    shapes = r"weights of shapes \[\(5, 16\), \(3, 5\)\] for a network of layers"
+    with pytest.raises(ValueError, match=shapes):
+        place(flipped, cells, LAYOUT, x, y, NC)
+    with pytest.raises(ValueError, match=shapes):
+        loss_distribution(flipped, x, y, LAYOUT, stats, NC, n_maps=4)
+    with pytest.raises(ValueError, match=shapes):
+        evaluate_on_dies(flipped, x, y, LAYOUT, cells, NC)
+    with pytest.raises(ValueError, match="at least 1"):
+        loss_distribution(base, x, y, LAYOUT, stats, NC, n_maps=0)
+    with pytest.raises(ValidationError, match="max_samples"):
+        place(base, cells, LAYOUT, x, y, NC, max_samples=0)
+    plain = [w[0] for w in base]  # (n_in, n_out) or (1, n_in, n_out): the same set
+    assert np.array_equal(loss_distribution(plain, x, y, LAYOUT, stats, NC, n_maps=3).losses,
+                          loss_distribution(base, x, y, LAYOUT, stats, NC, n_maps=3).losses)
+
+
 def test_placement_skips_shorted_rows_when_spare_rows_exist(toy_data: BinaryData,
                                                             base) -> None:
     m = random_map(rows=20, cols=40, rate=0.0)
