@@ -116,7 +116,7 @@ def validate(name: str, value: Any, validator: Validator, units: str = "") -> An
     """Run `validator` on `value`; raise LimitError naming `name`, value, range and units."""
     try:
         return validator(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ArithmeticError):  # 10**400 overflows float()
         raise LimitError(name, value, validator.describe(), units) from None
 
 

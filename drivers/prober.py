@@ -8,6 +8,7 @@ its own reply parser and the same verbs.
 
 from __future__ import annotations
 
+import numbers
 import re
 from abc import ABC, abstractmethod
 from typing import NamedTuple
@@ -151,8 +152,9 @@ class VeloxProber(Session, Prober):
 
     def goto_die(self, die: DieIndex) -> DieIndex:
         col, row = die
-        if isinstance(col, bool) or isinstance(row, bool):
-            raise TypeError(f"die index must be two ints, got {die!r}")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                   for v in (col, row)):  # int(2.9) would move to another die
+            raise TypeError(f"die index must be two integers, got {die!r}")
         command = f"StepNextDie {int(col)} {int(row)}"
         return self._die(command, self._data(command))
 

@@ -181,8 +181,15 @@ class Session(Closes):
     @classmethod
     def open(cls: type[SessionT], rm: Any, address: str, *, timeout_s: float = 5.0,
              **kwargs: Any) -> SessionT:
-        """Open `address` on pyvisa ResourceManager `rm` and wrap it."""
-        return cls(open_resource(rm, address, timeout_s), **kwargs)  # type: ignore[call-arg]
+        """Open `address` on pyvisa ResourceManager `rm` and wrap it; the session is closed
+        again if the driver's constructor fails (e.g. on a query it makes)."""
+        resource = open_resource(rm, address, timeout_s)
+        try:
+            return cls(resource, **kwargs)  # type: ignore[call-arg]
+        except BaseException:
+            with suppress(Exception):
+                resource.close()
+            raise
 
     @property
     def timeout_s(self) -> float | None:

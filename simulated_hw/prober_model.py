@@ -10,7 +10,7 @@ from typing import ClassVar
 from .physics import SimulatedWafer
 
 #: a die index argument: an optional minus and decimal digits
-_INDEX = re.compile(r"-?[0-9]+")
+_INDEX = re.compile(r"-?[0-9]{1,18}")  # longer: no die, and int() of 5,000 digits fails
 
 
 class ProberReply(Exception):
@@ -94,7 +94,7 @@ class ProberModel:
     def _step_to(self, arg: str) -> str:
         parts = arg.split()
         if len(parts) != 2 or not all(_INDEX.fullmatch(p) for p in parts):
-            raise ProberReply(2, f"Bad argument {arg}")
+            raise ProberReply(2, f"Bad argument {arg[:40]}")
         die = (int(parts[0]), int(parts[1]))
         if die not in self.wafer_map:
             raise ProberReply(704, "Die not on wafer map.")

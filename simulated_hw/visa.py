@@ -38,6 +38,13 @@ PROBER_FAULT_REPLY = b"710: Prober fault."
 Handler = Callable[[str, bytes], bytes | None]
 
 
+def _split_header(message: bytes) -> tuple[bytes, bytes]:
+    """(header, arguments) of a program message: split at the first white space, a space or
+    a tab (IEEE 488.2 white space), as the drivers' guard reads it."""
+    parts = message.strip().split(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (message.strip(), b"")
+
+
 class ModelDevice(Device):
     """A pyvisa-sim device whose unmatched commands go to a Python model."""
 
@@ -76,7 +83,7 @@ class ModelDevice(Device):
             raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
         if fault == "scpi_error":  # refused, not executed; a query gets an empty reply
             self.push_error("device_error")
-            if message.split(b" ", 1)[0].endswith(b"?"):
+            if _split_header(message)[0].endswith(b"?"):
                 self._output_buffers.append(self._response_eom)
             return
         if fault == "prober_error":  # refused, not executed
@@ -111,7 +118,7 @@ class ModelDevice(Device):
         message = message.strip()  # the same object when there is nothing to strip
         if not message:  # an empty program message (IEEE 488.2): nothing to do, no error
             return NoResponse
-        header, _, args = message.partition(b" ")
+        header, args = _split_header(message)
         is_query = header.endswith(b"?")
         if self.scpi and not header.isupper():  # SCPI headers are case-insensitive
             header = header.upper()

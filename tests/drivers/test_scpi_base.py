@@ -271,3 +271,25 @@ def test_protocol_double_reports_mismatches() -> None:
     with pytest.raises(AssertionError, match="all exchanges were consumed"), \
             expected_protocol(SCPIInstrument, []) as inst:
         inst.write("A")
+
+
+def test_a_session_whose_driver_fails_to_start_is_closed() -> None:
+    """Session.open closes the VISA resource if the driver's constructor raises (a query it
+    makes times out): a retry loop that keeps its errors must not keep sessions open."""
+    closed: list[str] = []
+
+    class Resource:
+        def close(self) -> None:
+            closed.append("closed")
+
+    class Manager:
+        def open_resource(self, address: str, **_kw: object) -> Resource:
+            return Resource()
+
+    class Failing(SCPIInstrument):
+        def __init__(self, resource: object) -> None:
+            raise TimeoutError("no reply to ARR:SIZE?")
+
+    with pytest.raises(TimeoutError):
+        Failing.open(Manager(), "TCPIP0::x::INSTR")
+    assert closed == ["closed"]

@@ -106,6 +106,17 @@ def test_an_oversized_inference_block_is_160(contact, monkeypatch) -> None:  # t
     assert contact.query("SYST:ERR?") == '-160,"Block data error"'
 
 
+def test_huge_integers_and_tab_separators(prober, contact) -> None:  # type: ignore[no-untyped-def]
+    """A 5,000-digit index is an SCPI / prober error (int() of it raised a Python error),
+    and a tab separates header and arguments as a space does (IEEE 488.2 white space)."""
+    big = "9" * 5000
+    assert contact.query(f"MEAS:CELL? {big},0") == ""
+    assert contact.query("SYST:ERR?") == '-222,"Data out of range"'
+    assert prober.query(f"StepNextDie {big} 0").startswith("2: Bad argument 999")
+    assert float(contact.query("MEAS:CELL?\t0,0")) > 0
+    assert contact.query("SYST:ERR?") == NO_ERROR
+
+
 def test_prober_706_and_bad_arguments(prober) -> None:  # type: ignore[no-untyped-def]
     assert prober.query("StepNextDie") == "706: No die selected."
     assert prober.query("MoveChuckContact") == "706: No die selected."

@@ -28,7 +28,7 @@ def test_defect_map_validation() -> None:
     for bad in (np.nan, -5.0):  # a reading that is no resistance: refused, with its place
         r = np.zeros((2, 4), np.float32)
         r[1, 2] = bad
-        with pytest.raises(ValueError, match="NaN or negative.*row 1, col 2"):
+        with pytest.raises(ValueError, match=r"NaN or negative.*row 1, col 2"):
             DefectMap(np.zeros((2, 4), np.int8), r)
     DefectMap(np.full((2, 4), int(CellDefect.OPEN), np.int8), np.full((2, 4), np.inf))
 
