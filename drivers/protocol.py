@@ -73,6 +73,7 @@ class ProtocolResource:
         self.timeout: float | None = 2000.0
         self.closed = False
         self.sent: list[bytes] = []
+        self.clears = 0  # device clears (viClear) the driver asked for
 
     def write_raw(self, message: bytes) -> int:
         if not message.endswith(self._termination):
@@ -101,6 +102,11 @@ class ProtocolResource:
         if isinstance(reply, BaseException):
             raise reply
         return _as_bytes(reply) + self._termination
+
+    def clear(self) -> None:
+        """A device clear: counted; a reply not yet read is discarded."""
+        self.clears += 1
+        self._reply = None
 
     def close(self) -> None:
         self.closed = True

@@ -104,8 +104,25 @@ class Transport:
         self.write(text_message(command), command)
 
     def read(self, command: str) -> bytes:
-        """One reply as raw bytes, terminator included if the device sent it."""
-        return self._io(command, self.resource.read_raw)
+        """One reply as raw bytes, terminator included if the device sent it.
+
+        On a timeout the instrument is cleared (`device_clear`) before the error is raised:
+        a reply that comes late must never be read as the answer to the next query.
+        """
+        try:
+            return self._io(command, self.resource.read_raw)
+        except InstrumentTimeout:
+            self.device_clear()
+            raise
+
+    def device_clear(self) -> None:
+        """IEEE 488.2 device clear (viClear): the instrument discards pending input and
+        output. Best effort: a resource without it (a raw socket) is left as it is, and the
+        station's reconnect reopens the session in any case."""
+        clear = getattr(self.resource, "clear", None)
+        if clear is not None:
+            with suppress(visa_errors.Error, OSError, NotImplementedError):
+                clear()
 
     def read_text(self, command: str) -> str:
         """One text reply without its terminator."""

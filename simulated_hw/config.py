@@ -84,13 +84,15 @@ class FaultConfig(_Model):
     garble_rate: float = Field(0.0, ge=0, le=1, description="truncated or corrupted reply")
     scpi_error_rate: float = Field(0.0, ge=0, le=1, description="spurious -300 error")
     prober_error_rate: float = Field(0.0, ge=0, le=1, description="prober 710 fault")
+    late_rate: float = Field(0.0, ge=0, le=1, description="reply arrives after the read "
+                             "timed out (read by the next query unless the client clears)")
     seed: int = 0
 
     @property
     def rates(self) -> tuple[float, ...]:
         """Per-message probability of each fault kind (faults.FAULT_KINDS order)."""
         return (self.timeout_rate, self.drop_rate, self.garble_rate, self.scpi_error_rate,
-                self.prober_error_rate)
+                self.prober_error_rate, self.late_rate)
 
     @property
     def any(self) -> bool:

@@ -15,8 +15,8 @@ import numpy as np
 
 from .config import FaultConfig
 
-FAULT_KINDS = ("timeout", "drop", "garble", "scpi_error", "prober_error")
-LINK_KINDS = frozenset({"timeout", "drop", "garble"})
+FAULT_KINDS = ("timeout", "drop", "garble", "scpi_error", "prober_error", "late")
+LINK_KINDS = frozenset({"timeout", "drop", "garble", "late"})
 TESTER_KINDS = LINK_KINDS | {"scpi_error"}
 PROBER_KINDS = LINK_KINDS | {"prober_error"}
 

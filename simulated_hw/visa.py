@@ -59,6 +59,7 @@ class ModelDevice(Device):
         self.faults = faults
         self.scpi = scpi
         self.dropped = False
+        self.late: bytes | None = None  # a reply held back by a `late` fault
         self.received = collections.deque(maxlen=100_000)
         self._defaults = {name: p.get_value() for name, p in self._properties.items()}
         # SCPI: a setting's command is its query without the "?".
@@ -70,6 +71,9 @@ class ModelDevice(Device):
     def write(self, data: bytes) -> None:
         if self.dropped:
             raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
+        if self.late is not None:  # a held reply arrived after its read gave up: ahead of this
+            self._output_buffers.append(self.late)
+            self.late = None
         if self._input_buffer or not data.endswith(self._query_eom):
             self._input_buffer.extend(data)
             if not self._input_buffer.endswith(self._query_eom):
@@ -95,9 +99,19 @@ class ModelDevice(Device):
             return
         if fault == "timeout":
             return  # executed, reply lost
+        if fault == "late":  # executed; the reply comes after the read waiting for it gave up
+            self.late = response + self._response_eom
+            return
         if fault == "garble":
             response = self.faults.garble(response)  # type: ignore[union-attr]
         self._output_buffers.append(response + self._response_eom)
+
+    def device_clear(self) -> None:
+        """IEEE 488.2 device clear (viClear): pending input and output, a late reply
+        included, are discarded; the error queue and settings are kept."""
+        self._output_buffers.clear()
+        self._input_buffer = bytearray()
+        self.late = None
 
     def _draw_fault(self, message: bytes) -> str | None:
         """This message's injected fault, limited to the kinds this instrument can show."""
@@ -235,9 +249,20 @@ class WaferVisaLibrary(SimVisaLibrary):
             return result
         if isinstance(device, ModelDevice):
             device.dropped = False
-            device._output_buffers.clear()
-            device._input_buffer = bytearray()
+            device.device_clear()
         return result
+
+    def clear(self, session):  # type: ignore[no-untyped-def]
+        """viClear: a device clear of the session's instrument (pyvisa-sim has none)."""
+        try:
+            device = self.sessions[session].device
+        except (KeyError, AttributeError):
+            return constants.StatusCode.error_invalid_object
+        if isinstance(device, ModelDevice):
+            if device.dropped:
+                raise errors.VisaIOError(constants.StatusCode.error_connection_lost)
+            device.device_clear()
+        return constants.StatusCode.success
 
 
 def _join(header: str, args: bytes) -> str:

@@ -183,3 +183,29 @@ def test_error_queue_is_empty_after_errors(contacted: CrossbarTester) -> None:
     assert contacted.read_error_queue() == []
     contacted.clear()
     assert contacted.event_status() == 0
+
+
+def test_a_late_reply_never_answers_the_next_query(sim_rm: pyvisa.ResourceManager,
+                                                   sim_xbar: CrossbarTester) -> None:
+    """The instrument answers after the driver gave up waiting (a `late` fault): the
+    driver clears the device on the timeout, so the late reply is not read as the error
+    queue's answer nor as the next setting's value (it was: 0.9 V read as the read voltage
+    and a SYST:ERR? reply of '0.1' refused as garbled)."""
+    from drivers.errors import InstrumentTimeout
+    from simulated_hw import TESTER_RESOURCE
+
+    class LateOnce:
+        done = False
+
+        def draw(self, message: bytes, applicable: object = ()) -> str | None:
+            if self.done or not message.startswith(b"SOUR:READ:VOLT?"):
+                return None
+            self.done = True
+            return "late"
+
+    sim_xbar.timeout_s = 0.05
+    sim_rm.visalib.devices[TESTER_RESOURCE].faults = LateOnce()
+    with pytest.raises(InstrumentTimeout, match="SOUR:READ:VOLT"):
+        _ = sim_xbar.read_voltage_v
+    assert sim_xbar.pulse_amplitude_v == pytest.approx(0.9)
+    assert sim_xbar.read_voltage_v == pytest.approx(0.1)

@@ -133,10 +133,13 @@ def test_silent_query_with_queued_error_becomes_instrument_error() -> None:
 
 
 def test_silent_query_without_error_is_a_timeout() -> None:
+    """...and the instrument is cleared first, so that a reply arriving late is never read
+    as the answer to the error query or to the next command."""
     exchanges = [("MEAS?", TIMEOUT), ("SYST:ERR?", NO_ERROR)]
-    with expected_protocol(SCPIInstrument, exchanges, name="box") as inst, \
-            pytest.raises(InstrumentTimeout, match=r"box.*MEAS"):
-        inst.query("MEAS?")
+    with expected_protocol(SCPIInstrument, exchanges, name="box") as inst:
+        with pytest.raises(InstrumentTimeout, match=r"box.*MEAS"):
+            inst.query("MEAS?")
+        assert inst._transport.resource.clears == 1
 
 
 def test_timeout_while_asking_why_raises_the_original_timeout() -> None:

@@ -38,6 +38,7 @@ SINGLE_KINDS = {
     "garble": {"garble_rate": 0.05},
     "scpi_error": {"scpi_error_rate": 0.05},
     "prober_error": {"prober_error_rate": 0.2},
+    "late": {"late_rate": 0.05},
 }
 
 

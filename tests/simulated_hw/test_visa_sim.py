@@ -602,6 +602,44 @@ def test_timeouts() -> None:
     rm.close()
 
 
+class _LateOnce:
+    """Makes the first message matching `header` a `late` fault, nothing else."""
+
+    def __init__(self, header: bytes) -> None:
+        self.header, self.done = header, False
+
+    def draw(self, message: bytes, applicable: object = ()) -> str | None:
+        if self.done or not message.startswith(self.header):
+            return None
+        self.done = True
+        return "late"
+
+
+@pytest.mark.parametrize("clear", [False, True])
+def test_a_late_reply_is_read_by_the_next_query_unless_the_device_is_cleared(
+        clear: bool) -> None:
+    rm = faulty()
+    tester = open_instrument(rm, TESTER_RESOURCE, timeout_ms=50)
+    rm.visalib.devices[TESTER_RESOURCE].faults = _LateOnce(b"SOUR:READ:VOLT?")
+    with pytest.raises(VisaIOError) as info:
+        tester.query("SOUR:READ:VOLT?")
+    assert info.value.error_code == constants.StatusCode.error_timeout
+    if clear:
+        tester.clear()  # viClear: the late reply is discarded
+    reply = tester.query("SOUR:PULS:AMPL?")
+    assert reply == ("0.9" if clear else "0.1")  # uncleared: the read voltage's late reply
+    rm.close()
+
+
+def test_late_faults_come_from_the_seeded_stream() -> None:
+    rm = faulty(late_rate=1.0)
+    tester = open_instrument(rm, TESTER_RESOURCE, timeout_ms=30)
+    with pytest.raises(VisaIOError):
+        tester.query("*IDN?")
+    assert rm.visalib.devices[TESTER_RESOURCE].faults.counts["late"] == 1
+    rm.close()
+
+
 def test_dropped_connection_until_reopened() -> None:
     rm = faulty(drop_rate=0.3)
     tester = open_instrument(rm, TESTER_RESOURCE, timeout_ms=200)
