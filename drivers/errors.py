@@ -80,6 +80,15 @@ class ConnectionLost(CommunicationError):
     """The session or the connection to the instrument is gone."""
 
 
+def shown_value(value: object, limit: int = 40) -> str:
+    """repr(value) cut to `limit` characters (a 5,000-digit int cannot even be printed)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int too large for str()
+        return f"<int of {value.bit_length()} bits>" if isinstance(value, int) else "<value>"
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
 class LimitError(DriverError, ValueError):
     """A value outside a declared range; raised before anything is sent to the instrument."""
 
@@ -89,7 +98,8 @@ class LimitError(DriverError, ValueError):
         self.allowed = allowed
         self.units = units
         unit = f" {units}" if units else ""
-        super().__init__(f"{name} = {value!r}{unit} rejected: allowed {allowed}; nothing was sent")
+        super().__init__(f"{name} = {shown_value(value)}{unit} rejected: allowed {allowed}; "
+                         "nothing was sent")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.value, self.allowed, self.units))

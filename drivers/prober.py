@@ -13,7 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from typing import NamedTuple
 
-from drivers.errors import ProberError, ReplyError, identity_reply
+from drivers.errors import ProberError, ReplyError, identity_reply, shown_value
 from drivers.transport import Closes, Resource, Session, Transport
 
 
@@ -76,6 +76,8 @@ class Prober(Closes, ABC):
 
 OK = 0
 END_OF_WAFER = 703
+#: die indices beyond any wafer map (refused before sending)
+MAX_DIE_INDEX = 1_000_000
 _REPLY = re.compile(r"^\s*(-?\d+):\s?(.*)$", re.DOTALL)
 
 
@@ -153,8 +155,10 @@ class VeloxProber(Session, Prober):
     def goto_die(self, die: DieIndex) -> DieIndex:
         col, row = die
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                   for v in (col, row)):  # int(2.9) would move to another die
-            raise TypeError(f"die index must be two integers, got {die!r}")
+                   and abs(int(v)) < MAX_DIE_INDEX for v in (col, row)):
+            # int(2.9) would move to another die; a 5,000-digit int cannot be sent
+            raise TypeError(f"die index must be two integers below {MAX_DIE_INDEX:,} in "
+                            f"magnitude, got {shown_value(die)}")
         command = f"StepNextDie {int(col)} {int(row)}"
         return self._die(command, self._data(command))
 

@@ -132,13 +132,14 @@ class JobStore:
                        "WHERE state='running'", (time.time(),))
             self._prune(db)
 
-    def _prune(self, db: sqlite3.Connection) -> None:
-        """Delete finished jobs (and their results) beyond the newest `keep_finished`: a
-        service that runs for months keeps a bounded queue file. Measured data lives in the
-        run store, which is never pruned."""
+    def _prune(self, db: sqlite3.Connection, just_finished: int = 0) -> None:
+        """Delete finished jobs (and their results) beyond the `keep_finished` that finished
+        last: a service that runs for months keeps a bounded queue file. The job that has
+        just finished is never among them (a job cancelled while it ran finished earlier);
+        measured data lives in the run store, which is never pruned."""
         old = (f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(PRUNED))}) "
-               "ORDER BY id DESC LIMIT -1 OFFSET ?")
-        args = (*PRUNED, self.keep_finished)
+               "AND id != ? ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?")
+        args = (*PRUNED, just_finished, max(self.keep_finished - (just_finished > 0), 0))
         db.execute(f"DELETE FROM results WHERE job_id IN ({old})", args)
         db.execute(f"DELETE FROM jobs WHERE id IN ({old})", args)
 
@@ -288,7 +289,7 @@ class JobStore:
                        "version=version+1 WHERE id=?",
                        (state, time.time(), json.dumps(merged), error, job_id))
             changed = self._changed(db, job_id)
-            self._prune(db)
+            self._prune(db, just_finished=job_id)
         self._publish(changed)
 
     def cancel(self, job_id: int) -> tuple[bool, str]:

@@ -10,7 +10,7 @@ from typing import ClassVar
 from .physics import SimulatedWafer
 
 #: a die index argument: an optional minus and decimal digits
-_INDEX = re.compile(r"-?[0-9]{1,18}")  # longer: no die, and int() of 5,000 digits fails
+_INDEX = re.compile(r"-?0*[0-9]{1,18}")  # longer: no die, and int() of 5,000 digits fails
 
 
 class ProberReply(Exception):

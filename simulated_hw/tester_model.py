@@ -61,7 +61,8 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
-#: digits an integer argument may have (int() of a 5,000-digit string is a Python error)
+#: significant digits an integer argument may have (int() of a 5,000-digit string is a
+#: Python error; leading zeros do not count)
 MAX_DIGITS = 18
 
 
@@ -77,7 +78,7 @@ def parse_ints(args: bytes, count: int) -> list[int]:
         raise ScpiError("data_type_error", "too many parameters")
     if not all(_INTEGER.fullmatch(p) for p in parts):
         raise ScpiError("data_type_error", text)
-    if any(len(p.lstrip("+-")) > MAX_DIGITS for p in parts):  # beyond any index
+    if any(len(p.lstrip("+-").lstrip("0")) > MAX_DIGITS for p in parts):  # beyond any index
         raise ScpiError("out_of_range", text[:40])
     return [int(p) for p in parts]
 

@@ -57,6 +57,8 @@ def test_get_and_set() -> None:
         ("mode", "C", "one of 'A', 'B'"),
         ("enabled", 2, "allowed 0 to 1"),
         ("enabled", 0.5, "0.5"),
+        ("level_v", 10**400, "level_v = 1000000000000000000000000000000000000000..."),
+        pytest.param("level_v", 10**5000, "<int of 16610 bits>", id="int-too-long-to-print"),
     ],
 )
 def test_limit_error_before_anything_is_sent(name: str, value: object, fragment: str) -> None:

@@ -64,7 +64,7 @@ def test_goto_contact_separate_position_status() -> None:
 def test_goto_accepts_plain_tuple_and_rejects_bools() -> None:
     with expected_protocol(VeloxProber, [("StepNextDie 1 2", "0: 1 2 0 1")]) as prober:
         assert prober.goto_die((1, 2)) == DieIndex(1, 2)  # type: ignore[arg-type]
-        for bad in (DieIndex(True, 2), (2.9, 0), ("3", "1")):  # int(2.9): another die
+        for bad in (DieIndex(True, 2), (2.9, 0), ("3", "1"), (10**5000, 0)):  # int(2.9): die 2
             with pytest.raises(TypeError, match="two integers"):
                 prober.goto_die(bad)  # type: ignore[arg-type]
 

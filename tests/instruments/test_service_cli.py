@@ -96,3 +96,20 @@ def test_the_queue_keeps_only_the_newest_finished_jobs(tmp_path: Path) -> None:
     finally:
         jobs.close()
     assert main(["serve", "--station", "x.yaml", "--keep-jobs", "0"]) == 2
+
+
+def test_the_job_that_just_finished_is_never_pruned(tmp_path: Path) -> None:
+    """Jobs queued after a running one and cancelled finish first: the running job, when it
+    ends, is still the newest finished and keeps its result."""
+    jobs = JobStore(tmp_path / "q.jobs.sqlite", keep_finished=2)
+    try:
+        first = jobs.submit("sweep", {})["id"]
+        jobs.claim_next()
+        later = [jobs.submit("measure", {"die": [0, i]})["id"] for i in range(2)]
+        for job_id in later:
+            assert jobs.cancel(job_id) == (True, "cancelled")
+        jobs.finish(first, "succeeded", npz=b"PK")
+        assert jobs.get(first)["state"] == "succeeded" and jobs.result(first) == b"PK"
+        assert [j["id"] for j in jobs.list()] == [first, later[1]]
+    finally:
+        jobs.close()

@@ -113,6 +113,9 @@ def test_huge_integers_and_tab_separators(prober, contact) -> None:  # type: ign
     assert contact.query(f"MEAS:CELL? {big},0") == ""
     assert contact.query("SYST:ERR?") == '-222,"Data out of range"'
     assert prober.query(f"StepNextDie {big} 0").startswith("2: Bad argument 999")
+    zeros = "0" * 30 + "1"  # leading zeros are no digits: NR1 1
+    assert float(contact.query(f"MEAS:CELL? {zeros},0")) > 0
+    assert prober.query(f"StepNextDie {zeros} 0").startswith("705: Chuck in contact")
     assert float(contact.query("MEAS:CELL?\t0,0")) > 0
     assert contact.query("SYST:ERR?") == NO_ERROR
 
