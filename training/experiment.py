@@ -103,10 +103,14 @@ class ExperimentConfig(BaseModel):
 
     @classmethod
     def small(cls) -> ExperimentConfig:
-        """A fast preset for tests and `mtjlab demo --small` (a few epochs each)."""
+        """A fast preset for tests and `--small` runs (a few epochs each). HAT and SAT take
+        200 updates at least, at a higher rate than the default's: weights started from the
+        baseline's binary ones (+-0.5) need that many to change at all (with the default
+        rate and 2 epochs of the embedded digits they trained nothing)."""
         return cls(baseline=TrainConfig(epochs=4, noise_std=0.1),
-                   hat=TrainConfig(epochs=2, lr=0.003, noise_std=0.1),
-                   sat=SATConfig(epochs=2, lr=0.003, noise_std=0.1, prefetch_steps=8),
+                   hat=TrainConfig(epochs=2, min_steps=200, lr=0.01, noise_std=0.1),
+                   sat=SATConfig(epochs=2, min_steps=200, lr=0.01, noise_std=0.1,
+                                 prefetch_steps=8),
                    placement=PlacementConfig(max_samples=300, rounds=1))
 
 

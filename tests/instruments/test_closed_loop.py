@@ -38,6 +38,10 @@ def test_small_demo_measures_trains_programs_infers_and_reports(tmp_path: Path) 
         assert summary["write_fidelity_min"][method] >= 0.99, method
     gaps = {m: summary["methods"][m]["gap_pp"] for m in METHODS}
     assert gaps["unaware"] > gaps["hat"] and gaps["unaware"] > gaps["placed"]
+    # HAT and SAT trained something (the small preset used to change no weight): untrained,
+    # SAT's weights are the baseline's (unaware_cm), and HAT's placed as `placed` places them
+    per_die = {m: summary["methods"][m]["per_die"] for m in METHODS}
+    assert per_die["sat"] != per_die["unaware_cm"] and per_die["hat"] != per_die["placed"]
     assert summary["loss_std"]["SAT"] > 0
 
     on_disk = json.loads((out / "summary.json").read_text())
