@@ -134,9 +134,9 @@ class JobStore:
 
     def _prune(self, db: sqlite3.Connection, just_finished: int = 0) -> None:
         """Delete finished jobs (and their results) beyond the `keep_finished` that finished
-        last: a service that runs for months keeps a bounded queue file. The job that has
-        just finished is never among them (a job cancelled while it ran finished earlier);
-        measured data lives in the run store, which is never pruned."""
+        last (not the highest ids: queued jobs cancelled while an older one ran have higher
+        ids), so a service that runs for months keeps a bounded queue file. The job that has
+        just finished is always kept; measured data lives in the run store, never pruned."""
         old = (f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(PRUNED))}) "
                "AND id != ? ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?")
         args = (*PRUNED, just_finished, max(self.keep_finished - (just_finished > 0), 0))
