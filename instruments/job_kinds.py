@@ -179,6 +179,8 @@ class InferJob(_Job):
     sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (100, 90, 10), min_length=2, max_length=8, description="network layer sizes")
     output_copies: int = Field(1, ge=1, le=64, description="copies of each output neuron")
+    copy_combine: Literal["mean", "median"] = Field(
+        "mean", description="how a class's copies make its score (with output_copies > 1)")
     readout: Literal["diff", "common_mode"] = Field("diff", description="pair read-out")
     output_reads: int = Field(1, ge=1, le=64, description="chip reads of the output layer "
                               "per input (common_mode only)")
@@ -197,8 +199,9 @@ class InferJob(_Job):
         from training.mapping import ArrayLayout, DeviceModel
 
         device = (device or DeviceModel()).model_copy(update={"v_read_v": read_voltage_v})
-        return ArrayLayout.default(self.sizes, rows, cols, self.output_copies, device=device,
-                                   readout=self.readout, output_reads=self.output_reads)
+        return ArrayLayout.default(self.sizes, rows, cols, self.output_copies,
+                                   self.copy_combine, device=device, readout=self.readout,
+                                   output_reads=self.output_reads)
 
     def device_model(self, store_path: Path) -> tuple[str, DeviceModel]:
         """(which, conductances) for this job: see `device`. RejectedJobError if 'measured'

@@ -18,6 +18,7 @@ from instruments.service import create_app, default_jobs_path
 from instruments.station import Station
 from instruments.store import RunStore
 from training.defects import CellDefect
+from training.mapping import ArrayLayout
 
 from .fault_support import assert_safe
 from .service_support import client, live, small_config
@@ -89,6 +90,19 @@ def test_program_then_infer(c: Client) -> None:
                         readout="common_mode", output_reads=4, timeout_s=30)
     assert arrays["predictions"].shape == (32,) and job["summary"]["n"] == 32
     assert arrays["currents_1"].shape == (4 * 32, 200)  # one row per read
+    # the copies combined by their median: the same currents, the median of the 3 copies
+    job, med = c.run("infer", die=(1, 1), inputs=x, sizes=[100, 70, 10], output_copies=3,
+                     copy_combine="median", readout="common_mode", output_reads=4,
+                     device="nominal", timeout_s=30)
+    layout = ArrayLayout.default((100, 70, 10), 100, 200, 3, "median",
+                                 readout="common_mode", output_reads=4)
+    hidden = (layout.layer_outputs(0, med["currents_0"], x) > 0).astype(np.uint8)
+    outputs, reliable = layout.checked_outputs(1, med["currents_1"], hidden)
+    assert np.array_equal(med["predictions"],
+                          layout.class_scores(outputs, reliable).argmax(axis=-1))
+    mean = ArrayLayout.default((100, 70, 10), 100, 200, 3, "mean", readout="common_mode",
+                               output_reads=4).class_scores(outputs, reliable).argmax(axis=-1)
+    assert (mean != med["predictions"]).sum() >= 1  # the job combined by median, not mean
 
 
 @pytest.mark.parametrize(("body", "needle"), [
@@ -110,6 +124,8 @@ def test_program_then_infer(c: Client) -> None:
       "output_copies": 3}, "needs 100 rows x 240 columns"),
     ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
       "output_reads": 2}, "only helps the common-mode read-out"),
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
+      "copy_combine": "mode"}, "median"),
     ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
     ({"kind": "teleport"}, "kind"),
 ])
