@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -30,14 +31,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     config = load_station(args.station)
     stop = StopFlag()
-    with RunStore(args.store) as store, bar("sweep", args.quiet) as dies:
-        def progress(die, m):  # type: ignore[no-untyped-def]
-            dies.update(1)
-            if m is not None and not args.quiet:
-                dies.set_postfix(die=f"{die.col},{die.row}", **m.counts())
+    dies: list[Any] = []  # the bar, made once the planned dies are known (none on early errors)
 
-        with stop_on_sigint(stop):
-            run_id = run_sweep(config, store, resume=args.resume, stop=stop, progress=progress)
+    def planned(n: int) -> None:
+        dies.append(bar("sweep", args.quiet, total=n))
+
+    def progress(die, m):  # type: ignore[no-untyped-def]
+        dies[0].update(1)
+        if m is not None and not args.quiet:
+            dies[0].set_postfix(die=f"{die.col},{die.row}", **m.counts())
+
+    try:
+        with RunStore(args.store) as store, stop_on_sigint(stop):
+            run_id = run_sweep(config, store, resume=args.resume, stop=stop, progress=progress,
+                               planned=planned)
+    finally:
+        for made in dies:
+            made.close()
     _say(args, f"run {run_id}: sweep finished; results in {args.store}")
     return EXIT_OK
 

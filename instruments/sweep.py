@@ -141,14 +141,21 @@ def sweep(station: Station, store: RunStore, run_id: int, *,
 
 def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
               stop: StopFlag | None = None, progress: ProgressFn | None = None,
-              station_factory: Callable[[StationConfig], Station] = Station) -> int:
-    """Open the station, start (or resume) a sweep run, keep the run's status honest."""
+              station_factory: Callable[[StationConfig], Station] = Station,
+              planned: Callable[[int], None] | None = None) -> int:
+    """Open the station, start (or resume) a sweep run, keep the run's status honest.
+
+    planned(n) is called with the number of planned dies once they are known (before the
+    first die; progress bars get their total)."""
     with station_factory(config) as station:
         run_id = store.latest_run(SWEEP_KIND, finished=False) if resume else None
         if resume and run_id is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
         run_id = begin_sweep_run(store, station, run_id)
         with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
-            sweep(station, store, run_id, stop=stop, progress=progress)
+            dies = planned_dies(station)
+            if planned is not None:
+                planned(len(dies))
+            sweep(station, store, run_id, stop=stop, progress=progress, dies=dies)
         store.set_status(run_id, "finished")
         return run_id

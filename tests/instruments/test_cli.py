@@ -103,3 +103,13 @@ def test_exit_code_tells_instrument_faults_from_bad_input(
 
     assert run_command(argparse.Namespace(fn=fail, command="sweep")) == code
     assert capsys.readouterr().err.startswith(f"mtjlab sweep: {word}: ")
+
+
+def test_the_sweep_bar_knows_its_total_and_an_early_error_prints_none(
+        tmp_path: Path, station_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = str(tmp_path / "run.sqlite")
+    assert main(["sweep", "--station", str(station_file), "--store", store,
+                 "--resume"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("mtjlab sweep: error: ")  # no empty bar first
+    assert main(["sweep", "--station", str(station_file), "--store", store]) == EXIT_OK
+    assert "2/2" in capsys.readouterr().err  # the bar's total: the planned dies
