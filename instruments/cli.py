@@ -55,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from .store import RunStore
 
-    with RunStore(args.store, create=False) as store:
+    with RunStore(args.store, read_only=True) as store:
         if args.station is not None:
             print(store.run_row(args.station)["station_yaml"], end="")
             return EXIT_OK

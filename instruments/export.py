@@ -31,7 +31,7 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
         raise ValueError(f"unknown export format {fmt!r}: use npz or hdf5")
     if out is not None:
         _check_out(Path(out), store_path, force)
-    with RunStore(store_path, create=False) as store:
+    with RunStore(store_path, read_only=True) as store:
         if run_id is None:
             run_id = _default_run(store)
         meta = store.run_row(run_id)

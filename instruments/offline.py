@@ -303,7 +303,7 @@ def _agreed_training(store: RunStore, trained_runs: dict[str, int]
 
 def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
     """summary.json, report.md and plots from the store's latest demo or evaluation."""
-    with _open(store_path) as store:
+    with RunStore(store_path, read_only=True) as store:
         candidates = [r.run_id for r in store.runs()
                       if r.kind in ("demo", EVALUATE_KIND) and r.status == "finished"
                       and store.record(r.run_id, WHOLE_RUN, "summary") is not None]

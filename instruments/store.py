@@ -116,11 +116,18 @@ class RunInfo:
 class RunStore:
     """An open store file. Use as a context manager; one writer at a time."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 5.0) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 5.0,
+                 read_only: bool = False) -> None:
+        """read_only: for listing, exporting and reporting; works on a store the user may not
+        write (an archive, another user's files, read-only media). Implies create=False."""
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if (read_only or not create) and not self.path.exists():
             raise StoreMissing(f"{self.path}: no such store")
         try:
+            if read_only:
+                self.db = self._connect_read_only(timeout_s)
+                self._check_version(create_schema=False)
+                return
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -128,6 +135,24 @@ class RunStore:
             self._check_version()
         except sqlite3.DatabaseError as err:
             raise self._explain(err) from err
+
+    def _connect_read_only(self, timeout_s: float) -> sqlite3.Connection:
+        """mode=ro; where even that cannot open a WAL store (its -shm file cannot be made,
+        e.g. a folder the user may not write), immutable=1: no writer can be at work there,
+        since a writer needs that file too."""
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for flags in ("mode=ro", "mode=ro&immutable=1"):
+            db = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=timeout_s,
+                                 isolation_level=None)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return db
+            except sqlite3.OperationalError as err:
+                db.close()
+                last = err
+        assert last is not None
+        raise last
 
     def _explain(self, err: sqlite3.Error) -> StoreError:
         text = str(err)
@@ -139,7 +164,15 @@ class RunStore:
             return StoreError(f"{self.path}: disk full while writing the store: {text}")
         return StoreError(f"{self.path}: {text}")
 
-    def _check_version(self) -> None:
+    def _check_version(self, create_schema: bool = True) -> None:
+        if not create_schema:  # read-only: the tables must be there already
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'"
+                                      ).fetchone()
+            except sqlite3.OperationalError as err:  # no such table: not a store
+                raise StoreError(f"{self.path}: not an mtjlab store ({err})") from err
+            self._newer_refused(row)
+            return
         with self.transaction():
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -148,10 +181,13 @@ class RunStore:
             if row is None:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
                                 (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path}: written by a newer mtjlab (store schema {row[0]}, this "
-                    f"version reads up to {SCHEMA_VERSION}); upgrade mtjlab to open it")
+            self._newer_refused(row)
+
+    def _newer_refused(self, row: tuple[str] | None) -> None:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer mtjlab (store schema {row[0]}, this "
+                f"version reads up to {SCHEMA_VERSION}); upgrade mtjlab to open it")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

@@ -155,3 +155,25 @@ def test_a_store_damaged_after_opening_fails_in_one_line(tmp_path: Path,
                  str(tmp_path / "x.npz")]) == EXIT_FAILED
     err = capsys.readouterr().err
     assert "failed:" in err and "Traceback" not in err
+
+
+def test_listing_and_exporting_open_the_store_read_only(tmp_path: Path) -> None:
+    """`runs` and `export` never write the store (they work where the user may not write it:
+    an archive, read-only media; checked by hand as an unprivileged user, for a read-only file
+    and a read-only folder, which the tests, run as root, cannot reproduce)."""
+    path = _exportable(tmp_path)
+    before = path.read_bytes()
+    assert main(["runs", "--store", str(path)]) == 0
+    assert main(["-q", "export", "--store", str(path), "--format", "npz", "--out",
+                 str(tmp_path / "x.npz")]) == 0
+    assert path.read_bytes() == before
+    with RunStore(path, read_only=True) as store:
+        assert [r.status for r in store.runs()] == ["finished", "failed"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.db.execute("DELETE FROM runs")
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="not an mtjlab store"):
+        RunStore(other, read_only=True)
+    with pytest.raises(FileNotFoundError):
+        RunStore(tmp_path / "none.sqlite", read_only=True)
