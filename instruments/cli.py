@@ -33,7 +33,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     stop = StopFlag()
     dies: list[Any] = []  # the bar, made once the planned dies are known (none on early errors)
 
-    def planned(n: int) -> None:
+    def planned(_run_id: int, n: int) -> None:
         dies.append(bar("sweep", args.quiet, total=n))
 
     def progress(die, m):  # type: ignore[no-untyped-def]

@@ -25,8 +25,6 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
     existing file is replaced only with `force`, and never the store itself.
     """
     store_path = Path(store_path)
-    if not store_path.exists():
-        raise FileNotFoundError(f"{store_path}: no such store")
     if fmt not in ("npz", "hdf5"):
         raise ValueError(f"unknown export format {fmt!r}: use npz or hdf5")
     if out is not None:

@@ -203,24 +203,27 @@ class InferJob(_Job):
                                    self.copy_combine, device=device, readout=self.readout,
                                    output_reads=self.output_reads)
 
-    def device_model(self, store_path: Path) -> tuple[str, DeviceModel]:
+    def device_model(self, store_path: Path, *, fit: bool = True
+                     ) -> tuple[str, DeviceModel | None]:
         """(which, conductances) for this job: see `device`. RejectedJobError if 'measured'
-        is asked for and the store holds no finished sweep."""
+        is asked for and the store holds no finished sweep. fit=False only checks that (no
+        conductances: the check at submission does not load the sweep's arrays)."""
         from training.mapping import DeviceModel
 
-        from .loop import load_measurements
+        from .loop import latest_measurement_run, load_measurements
         from .store import RunStore, StoreError
 
         if self.device == "nominal":
             return "nominal", DeviceModel()
         try:
-            with RunStore(store_path, create=False) as store:
-                measured = load_measurements(store)
+            with RunStore(store_path, read_only=True) as store:
+                run_id = latest_measurement_run(store)
+                measured = load_measurements(store, run_id) if fit else None
         except (StoreError, FileNotFoundError) as err:
             if self.device == "auto":
                 return "nominal", DeviceModel()
             raise RejectedJobError(f"device 'measured' needs a finished sweep: {err}") from None
-        return f"measured (run {measured.run_id})", measured.device_model()
+        return f"measured (run {run_id})", None if measured is None else measured.device_model()
 
 
 class TrainJob(_Job):
@@ -289,7 +292,7 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
     if isinstance(job, InferJob):
         _check_inputs(job, info)
         if job.device == "measured":
-            job.device_model(store_path)
+            job.device_model(store_path, fit=False)
     if isinstance(job, SweepJob) and job.resume_run is not None:
         _check_resumable(store_path, job.resume_run)
     if getattr(job, "data_dir", None) and not Path(job.data_dir).is_dir():  # type: ignore[arg-type]
@@ -408,6 +411,7 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
 def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
     which, device = job.device_model(ctx.store_path)
+    assert device is not None
     layout = job.layout(*st.tester.shape, st.config.measurement.read_voltage_v, device)
     currents: list[np.ndarray] = []
 
@@ -426,29 +430,26 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
 
 def run_sweep_job(ctx: JobContext, job: SweepJob) -> Outcome:
     from .store import RunStore, parse_die_key
-    from .sweep import SweepInterrupted, begin_sweep_run, planned_dies, sweep
+    from .sweep import SweepInterrupted, sweep_run
 
-    st = ctx.station
-    with RunStore(ctx.store_path) as store:
-        run_id = begin_sweep_run(store, st, job.resume_run)
+    run: dict[str, int] = {}  # the run's id and its planned dies, once known
+
+    def planned(run_id: int, n: int) -> None:
+        run.update(id=run_id, total=n, done=0)
         ctx.note(run_id=run_id)
-        planned = planned_dies(st)
-        total = len(planned)
-        done = [0]
+        ctx.progress(0, n, "starting")
 
-        def progress(die: DieIndex, _m: object) -> None:
-            done[0] += 1
-            ctx.progress(done[0], total, f"die {die.col},{die.row}")
+    def progress(die: DieIndex, _m: object) -> None:
+        run["done"] += 1
+        ctx.progress(run["done"], run["total"], f"die {die.col},{die.row}")
 
-        ctx.progress(0, total, "starting")
+    with RunStore(ctx.store_path) as store:
         try:
-            with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
-                measured = sweep(st, store, run_id, stop=ctx.stop, progress=progress,
-                                 dies=planned)
+            run_id, measured = sweep_run(ctx.station, store, job.resume_run, stop=ctx.stop,
+                                         progress=progress, planned=planned)
         except SweepInterrupted as err:
             raise StopRequestedError(f"stopped before die {err.die}; resume with 'mtjlab jobs "
-                                     f"--resume {ctx.job_id}' (run {run_id})") from err
-        store.set_status(run_id, "finished")
+                                     f"--resume {ctx.job_id}' (run {run['id']})") from err
         keys = store.dies_done(run_id)
         kinds = np.stack([store.array(run_id, k, "kinds") for k in keys])
     return Outcome({"run_id": run_id, "dies": len(keys), "measured_now": len(measured)},

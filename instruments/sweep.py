@@ -139,23 +139,32 @@ def sweep(station: Station, store: RunStore, run_id: int, *,
     return measured
 
 
+def sweep_run(station: Station, store: RunStore, resume_run: int | None, *,
+              stop: StopFlag | None = None, progress: ProgressFn | None = None,
+              planned: Callable[[int, int], None] | None = None) -> tuple[int, list[DieIndex]]:
+    """A whole sweep run on an open station, for the CLI and the service alike: start it (or
+    resume `resume_run`), measure the dies not yet done, keep its status honest.
+
+    planned(run_id, n) is called once the run exists and its n planned dies are known (before
+    the first die; progress bars get their total). Returns (run_id, dies measured now)."""
+    run_id = begin_sweep_run(store, station, resume_run)
+    with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
+        dies = planned_dies(station)
+        if planned is not None:
+            planned(run_id, len(dies))
+        measured = sweep(station, store, run_id, stop=stop, progress=progress, dies=dies)
+    store.set_status(run_id, "finished")
+    return run_id, measured
+
+
 def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
               stop: StopFlag | None = None, progress: ProgressFn | None = None,
               station_factory: Callable[[StationConfig], Station] = Station,
-              planned: Callable[[int], None] | None = None) -> int:
-    """Open the station, start (or resume) a sweep run, keep the run's status honest.
-
-    planned(n) is called with the number of planned dies once they are known (before the
-    first die; progress bars get their total)."""
+              planned: Callable[[int, int], None] | None = None) -> int:
+    """Open the station and run `sweep_run` (resume: the latest unfinished sweep)."""
     with station_factory(config) as station:
         run_id = store.latest_run(SWEEP_KIND, finished=False) if resume else None
         if resume and run_id is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
-        run_id = begin_sweep_run(store, station, run_id)
-        with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
-            dies = planned_dies(station)
-            if planned is not None:
-                planned(len(dies))
-            sweep(station, store, run_id, stop=stop, progress=progress, dies=dies)
-        store.set_status(run_id, "finished")
-        return run_id
+        return sweep_run(station, store, run_id, stop=stop, progress=progress,
+                         planned=planned)[0]
