@@ -81,14 +81,18 @@ class ExperimentConfig(BaseModel):
         output_reads=4))
     baseline: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=30, noise_std=0.1))
-    # min_steps: on mnist-subset (62 steps per epoch) the epochs give more; on a small set
-    # (the embedded digits, 10 steps per epoch) they keep HAT and SAT from ending before any
-    # weight has moved from the baseline's
+    # min_steps: on mnist-subset (HAT 62, SAT 31 steps per epoch) the epochs give more; on a
+    # small set (the embedded digits, 10 and 5 steps per epoch) they keep HAT and SAT from
+    # ending before any weight has moved from the baseline's.
+    # SAT takes batches of 256 (4 maps of 64 digits): its step is mostly per-operation
+    # overhead (the read-out's small operations), so twice the batch costs 1.2-1.3x per step and
+    # makes half the steps; in the same 20 epochs it trained as well or better on seeds 0-6
+    # (docs/training.md, "SAT batch size")
     hat: TrainConfig = Field(
         default_factory=lambda: TrainConfig(epochs=10, min_steps=600, lr=0.003, noise_std=0.1))
     sat: SATConfig = Field(
-        default_factory=lambda: SATConfig(epochs=20, min_steps=1200, lr=0.003, noise_std=0.2,
-                                          margin_units=2.0))
+        default_factory=lambda: SATConfig(epochs=20, min_steps=600, batch_size=256, lr=0.003,
+                                          noise_std=0.2, margin_units=2.0))
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
     hat_placement: bool = True
     init_from_baseline: bool = Field(True, description="HAT and SAT start from the baseline")
