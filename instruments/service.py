@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Body, FastAPI, HTTPException, Query, Request
@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from . import __version__
 from .config import StationConfig, load_station
-from .job_kinds import JobRequest, RejectedJobError, validate_job
+from .job_kinds import RUNNERS, JobRequest, RejectedJobError, validate_job
 from .jobs import TERMINAL, JobStore, QueueFullError, Worker
 
 log = logging.getLogger(__name__)
@@ -250,7 +250,7 @@ def create_app(config: StationConfig, store_path: str | Path, *, token: str | No
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, err: RequestValidationError) -> JSONResponse:
         # Location and message only: echoing the input could hold NaN, not valid JSON.
-        detail = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+        detail = [{"loc": list(e.get("loc", ())), "msg": _message(e),
                    "type": str(e.get("type", ""))} for e in err.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
@@ -262,6 +262,13 @@ def create_app(config: StationConfig, store_path: str | Path, *, token: str | No
     if token:
         app.add_middleware(BearerAuth, token=token)  # outermost: before reading any body
     return app
+
+
+def _message(error: dict[str, Any]) -> str:
+    """A validation error's message, in the service's terms where pydantic's are obscure."""
+    if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
+        return f"a job needs a 'kind', one of: {', '.join(RUNNERS)}"
+    return str(error.get("msg", ""))
 
 
 def _add_routes(app: FastAPI, svc: Service) -> None:
@@ -288,8 +295,9 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
                 "running": svc.worker.current[0] if svc.worker.current else None}
 
     @app.post("/jobs", status_code=201, response_model=JobView, tags=["jobs"])
-    def submit(job: JobRequest = Body(...)) -> dict[str, Any]:  # noqa: B008
-        """Queue a job after checking it against the station (wafer map, shapes, limits)."""
+    def submit(job: Annotated[JobRequest, Body()]) -> dict[str, Any]:
+        """Queue a job after checking it against the station (wafer map, shapes, limits).
+        `kind` selects the job type (a body without one is refused, not guessed)."""
         assert svc.worker.info is not None
         if not svc.worker.alive:
             why = f" ({svc.worker.error})" if svc.worker.error else ""

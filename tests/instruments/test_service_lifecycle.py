@@ -128,6 +128,9 @@ def test_program_then_infer(c: Client) -> None:
       "copy_combine": "mode"}, "median"),
     ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
     ({"kind": "teleport"}, "kind"),
+    # no kind: refused, not guessed (an empty body used to start a sweep of the whole wafer)
+    ({}, "a job needs a 'kind', one of: sweep, measure"),
+    ({"die": [0, 0]}, "a job needs a 'kind'"),
 ])
 def test_refused_before_queueing(service, body: dict, needle: str) -> None:
     before = len(httpx.get(f"{service[0]}/jobs", params={"limit": 1000}).json())
