@@ -32,6 +32,9 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 #: pause before reconnecting to a service that did not answer, doubling up to the maximum
 RECONNECT_PAUSE_S = 0.1
 RECONNECT_PAUSE_MAX_S = 2.0
+#: without a deadline, how long `Client.events` keeps reconnecting to a service that does
+#: not answer (a restart takes seconds) before it gives up
+MAX_OUTAGE_S = 60.0
 
 class ServiceError(RuntimeError):
     """The service could not be reached, or failed to answer (5xx)."""
@@ -145,12 +148,15 @@ class Client:
     def events(self, job_id: int, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
         """The job's state on every change (server-sent events) until it ends.
 
-        Reconnects after a dropped stream; raises TimeoutError after `timeout_s`.
+        Reconnects after a dropped stream (a service restart, say); raises TimeoutError after
+        `timeout_s`, or without one ServiceError once the service has not answered for
+        `MAX_OUTAGE_S`.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last = -1
         failures = 0  # stream attempts in a row that found no service
         unanswered: httpx.TransportError | None = None
+        down_since = 0.0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -159,21 +165,28 @@ class Client:
             read = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
             try:
                 for view in self._stream(job_id, httpx.Timeout(self.timeout_s, read=read)):
+                    failures, unanswered = 0, None  # answered
                     if view["version"] > last:
                         last = view["version"]
                         yield view
                     if view["state"] in TERMINAL:
                         return
             except httpx.TransportError as err:
-                if deadline is None and not isinstance(err, httpx.ReadTimeout):
-                    raise ServiceError(f"lost the event stream of job {job_id}: {err}") from err
                 if isinstance(err, httpx.ReadTimeout):
                     failures, unanswered = 0, None  # connected; the job is just slow
                     continue
+                now = time.monotonic()
+                if failures == 0:
+                    down_since = now
+                elif deadline is None and now - down_since >= MAX_OUTAGE_S:
+                    raise ServiceError(f"lost the event stream of job {job_id}: the service "
+                                       f"has not answered for {now - down_since:.0f} s "
+                                       f"({err})") from err
                 failures += 1
                 unanswered = err
                 pause = min(RECONNECT_PAUSE_S * 2 ** (failures - 1), RECONNECT_PAUSE_MAX_S)
-                time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+                end = deadline if deadline is not None else down_since + MAX_OUTAGE_S
+                time.sleep(max(0.0, min(pause, end - time.monotonic())))
 
     def _stream(self, job_id: int, timeout: httpx.Timeout) -> Iterator[dict[str, Any]]:
         with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=timeout) as response:

@@ -368,15 +368,25 @@ class Worker:
             return True
         return False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def halt(self) -> None:
+        """Take no further job and ask the running one to stop at its next safe point; returns
+        at once and takes no lock, so a signal handler may call it (the worker notices
+        within a second)."""
+        self._stopping = True
+        current = self.current
+        if current is not None:
+            current[1].request()
+
     def stop(self, report_every_s: float = 30.0) -> None:
         """Stop after the current job reaches a safe point; close the Station.
 
         Waits for as long as that takes (each instrument call is bounded by its timeout and
         retries): leaving earlier would kill the worker with the chuck down or the output on."""
-        self._stopping = True
-        current = self.current
-        if current is not None:
-            current[1].request()
+        self.halt()
         self.wake()
         while self._thread.is_alive():
             self._thread.join(report_every_s)

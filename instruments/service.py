@@ -40,6 +40,8 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 TOKEN_ENV = "MTJLAB_TOKEN"
 MIN_TOKEN_CHARS = 8
 KEEPALIVE_S = 15.0
+#: how often an event stream checks whether the service is stopping
+STREAM_POLL_S = 1.0
 JobId = PathParam(ge=1, le=2**62, description="job id")
 State = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
@@ -366,8 +368,8 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     async def events(job_id: int = JobId) -> StreamingResponse:
         """Server-sent events: the job's state on every change, ending when it ends."""
         queue = svc.broker.subscribe(job_id)
-        try:
-            first = svc.job_or_404(job_id)
+        try:  # off the event loop: the store's lock may be held by a long listing
+            first = await anyio.to_thread.run_sync(svc.job_or_404, job_id)
         except HTTPException:
             svc.broker.unsubscribe(job_id, queue)
             raise
@@ -383,19 +385,30 @@ async def _stream(svc: Service, job_id: int, first: dict[str, Any], queue: async
         yield _sse(first)
         if first["state"] in TERMINAL:
             return
+        quiet_s = 0.0
         while True:
-            if not svc.worker.alive:  # nothing more will happen to this job
-                final = svc.jobs.get(job_id)
-                if final is not None and final["state"] in TERMINAL:
-                    if final["version"] > last:  # it ended just before the worker did
+            if not svc.worker.alive or svc.worker.stopping:
+                # nothing more will happen to this job unless it is running (it then ends
+                # at its next safe point, and that is published)
+                final = await anyio.to_thread.run_sync(svc.jobs.get, job_id)
+                if final is None or final["state"] in TERMINAL:
+                    if final is not None and final["version"] > last:  # it ended just before
                         yield _sse(final)
                     return
-                yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
-                return
-            try:
-                view = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                if not svc.worker.alive:
+                    yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
+                    return
+                if final["state"] != "running":  # queued: it waits for the next start
+                    yield _sse_error(f"the service is stopping; job {job_id} stays queued "
+                                     "and runs when the service is started again")
+                    return
+            try:  # short waits: a stopping worker is noticed within a second
+                view = await asyncio.wait_for(queue.get(), STREAM_POLL_S)
             except asyncio.TimeoutError:
-                yield ": keep-alive\n\n"
+                quiet_s += STREAM_POLL_S
+                if quiet_s >= KEEPALIVE_S:
+                    quiet_s = 0.0
+                    yield ": keep-alive\n\n"
                 continue
             if view["version"] <= last:
                 continue
@@ -446,8 +459,18 @@ def _bind(host: str, port: int) -> socket.socket:
 def _server(app: FastAPI) -> Any:
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
-                                         timeout_graceful_shutdown=5))
+    worker: Worker = app.state.service.worker
+
+    class Server(uvicorn.Server):  # type: ignore[misc]
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C or SIGTERM: no new job from now on. uvicorn waits for open connections
+            # (event streams, up to 5 s) before the shutdown that stops the worker, and the
+            # worker would go on claiming queued jobs meanwhile.
+            worker.halt()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="warning", lifespan="on",
+                                 timeout_graceful_shutdown=5))
 
 
 def serve(station_file: str | Path, host: str = "127.0.0.1", port: int = 8000,
@@ -496,6 +519,7 @@ def background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator
             threading.Event().wait(0.01)
         yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
+        app.state.service.worker.halt()  # as a signal does (`_server`)
         server.should_exit = True
         thread.join(30)
         sock.close()
