@@ -399,6 +399,8 @@ class Worker:
         try:
             warm_up()
             station = self.station_factory(self.config)
+            # a service killed mid-job leaves the chuck down: lift it before idling
+            station.safe_state()
             self.info = StationInfo(self.config, tuple(station.wafer_map()),
                                     tuple(station.tester.shape), dict(station.identities))
             self.snapshot = station.snapshot()

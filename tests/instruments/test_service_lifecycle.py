@@ -295,3 +295,20 @@ def test_waiting_on_a_service_that_does_not_answer_backs_off(monkeypatch) -> Non
         with pytest.raises(TimeoutError, match="the service did not answer"):
             list(c.events(1, timeout_s=1.0))
     assert 2 <= len(attempts) <= 8  # 0.1, 0.2, 0.4 ... s apart, not a busy loop
+
+
+def test_the_service_lifts_a_chuck_left_down_before_it_idles(tmp_path: Path) -> None:
+    """A service killed mid-job leaves the chuck on a die with the output on; the next one
+    makes the station safe as it opens, not at the end of its first job."""
+    stations: list[Station] = []
+
+    def factory(config):  # type: ignore[no-untyped-def]
+        station = Station(config)
+        station._place((0, 0))  # as the killed service left it
+        assert station.prober.in_contact() and station.tester.output_enabled
+        stations.append(station)
+        return station
+
+    with live(tmp_path, station_factory=factory) as (url, _app):
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert_safe(stations[0])
