@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MAX_ARRAY_BYTES = 4 * 1024 * 1024
 MAX_INFER_BATCH = 10_000
+#: an infer job's result (its float32 currents) is held in memory and kept in the queue file
+MAX_INFER_RESULT_BYTES = 64 * 1024 * 1024
 
 
 class RejectedJobError(ValueError):
@@ -310,6 +312,14 @@ def _check_inputs(job: InferJob, info: StationInfo) -> None:
                           f"{MAX_INFER_BATCH}, got {x.shape}")
     if x.dtype.kind not in "biuf" or not np.isin(x, (0, 1)).all():
         raise RejectedJobError("inputs must be binary (0 or 1)")
+    reads = sum(layout.reads(i) for i in range(len(layout.layers)))  # per input vector
+    per_input = reads * info.shape[1] * 4  # float32 currents of every column
+    if x.shape[0] * per_input > MAX_INFER_RESULT_BYTES:
+        raise RejectedJobError(
+            f"{x.shape[0]} inputs would return {x.shape[0] * per_input / 2**20:.0f} MiB of "
+            f"currents ({reads} chip reads of {info.shape[1]} columns per input; at most "
+            f"{MAX_INFER_RESULT_BYTES // 2**20} MiB): send at most "
+            f"{MAX_INFER_RESULT_BYTES // per_input} inputs per job")
 
 
 def _check_resumable(store_path: Path, run_id: int) -> None:

@@ -126,6 +126,9 @@ def test_program_then_infer(c: Client) -> None:
       "output_reads": 2}, "only helps the common-mode read-out"),
     ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((3, 100), np.uint8)),
       "copy_combine": "mode"}, "median"),
+    # 64 output reads of 10,000 inputs would return 496 MiB of currents
+    ({"kind": "infer", "die": [0, 0], "inputs": encode_array(np.zeros((10_000, 100), np.uint8)),
+      "readout": "common_mode", "output_reads": 64}, "send at most 1290 inputs per job"),
     ({"kind": "sweep", "resume_run": 999}, "run.sqlite"),
     ({"kind": "teleport"}, "kind"),
     # no kind: refused, not guessed (an empty body used to start a sweep of the whole wafer)
