@@ -59,14 +59,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     resumed_from INTEGER,
-    version INTEGER NOT NULL DEFAULT 0
+    version INTEGER NOT NULL DEFAULT 0,
+    described TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE TABLE IF NOT EXISTS results (job_id INTEGER PRIMARY KEY, npz BLOB NOT NULL);
 """
-_COLUMNS = ("id", "kind", "params", "state", "submitted", "started", "finished", "attempts",
-            "done", "total", "message", "summary", "error", "cancel_requested", "resumed_from",
-            "version")
+#: what a job's view shows: `described` (params with arrays as dtype and shape), not the
+#: params themselves (megabytes of base64 for an infer job, decoded only to run it)
+_COLUMNS = ("id", "kind", "described", "state", "submitted", "started", "finished",
+            "attempts", "done", "total", "message", "summary", "error", "cancel_requested",
+            "resumed_from", "version")
 
 
 def _iso(t: float | None) -> str | None:
@@ -74,13 +77,23 @@ def _iso(t: float | None) -> str | None:
         timespec="microseconds")
 
 
-def _describe_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Params for display: arrays replaced by their dtype and shape."""
+def _describe_params(params: dict[str, Any]) -> str:
+    """Params for display (JSON): arrays replaced by their dtype and shape."""
     out = dict(params)
     for name in ARRAY_FIELDS:
         if isinstance(out.get(name), str):
             out[name] = array_summary(out[name])
-    return out
+    return json.dumps(out)
+
+
+def _describe_old_jobs(db: sqlite3.Connection) -> None:
+    """Queues written before views were stored: add and fill the `described` column."""
+    if "described" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}:
+        db.execute("ALTER TABLE jobs ADD COLUMN described TEXT")
+    for job_id, params in db.execute("SELECT id, params FROM jobs WHERE described IS NULL"
+                                     ).fetchall():
+        db.execute("UPDATE jobs SET described=? WHERE id=?",
+                   (_describe_params(json.loads(params)), job_id))
 
 
 class QueueFullError(RuntimeError):
@@ -127,6 +140,7 @@ class JobStore:
         self.db.executescript(_SCHEMA)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         with self._tx() as db:
+            _describe_old_jobs(db)
             db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
                        "error='the service stopped while the job was running' "
                        "WHERE state='running'", (time.time(),))
@@ -194,7 +208,7 @@ class JobStore:
         started, finished = row["started"], row["finished"]
         return {
             "id": row["id"], "kind": row["kind"], "state": row["state"],
-            "params": _describe_params(json.loads(row["params"])),
+            "params": json.loads(row["described"]),
             "submitted_at": _iso(row["submitted"]), "started_at": _iso(started),
             "finished_at": _iso(finished),
             "run_s": None if started is None or finished is None else finished - started,
@@ -211,11 +225,13 @@ class JobStore:
         return None if row is None else self.view(row)
 
     def params(self, job_id: int) -> dict[str, Any]:
+        """The job's request as submitted (kind included), arrays as base64 .npy."""
         with self._lock:
-            row = self._row(self.db, job_id)
+            row = self.db.execute("SELECT kind, params FROM jobs WHERE id=?",
+                                  (job_id,)).fetchone()
         if row is None:
             raise KeyError(job_id)
-        return {"kind": row["kind"], **json.loads(row["params"])}
+        return {"kind": row[0], **json.loads(row[1])}
 
     def list(self, state: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
@@ -247,9 +263,10 @@ class JobStore:
             if queued >= self.max_queued:
                 raise QueueFullError(f"{queued} jobs are queued (limit {self.max_queued}); "
                                 "try again later")
-            cur = db.execute("INSERT INTO jobs (kind, params, state, submitted, resumed_from) "
-                             "VALUES (?, ?, 'queued', ?, ?)",
-                             (kind, json.dumps(params), time.time(), resumed_from))
+            cur = db.execute("INSERT INTO jobs (kind, params, described, state, submitted, "
+                             "resumed_from) VALUES (?, ?, ?, 'queued', ?, ?)",
+                             (kind, json.dumps(params), _describe_params(params), time.time(),
+                              resumed_from))
             row = self._changed(db, int(cur.lastrowid))  # type: ignore[arg-type]
         self._publish(row)
         return self.view(row)
@@ -452,7 +469,7 @@ class Worker:
                          lambda d, t, m="": self.jobs.progress(job_id, d, t, m),
                          lambda **kw: self.jobs.note(job_id, **kw), job_id)
         try:
-            job = REQUEST.validate_python({"kind": row["kind"], **json.loads(row["params"])})
+            job = REQUEST.validate_python(self.jobs.params(job_id))
             outcome = RUNNERS[job.kind](ctx, job)
         except StopRequestedError as err:
             state = "interrupted" if self._stopping else "cancelled"

@@ -395,12 +395,12 @@ async def _stream(svc: Service, job_id: int, first: dict[str, Any], queue: async
                     if final is not None and final["version"] > last:  # it ended just before
                         yield _sse(final)
                     return
-                if not svc.worker.alive:
-                    yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
-                    return
-                if final["state"] != "running":  # queued: it waits for the next start
+                if svc.worker.stopping and final["state"] == "queued":  # for the next start
                     yield _sse_error(f"the service is stopping; job {job_id} stays queued "
                                      "and runs when the service is started again")
+                    return
+                if not svc.worker.alive:
+                    yield _sse_error(f"the worker has stopped; job {job_id} will not finish")
                     return
             try:  # short waits: a stopping worker is noticed within a second
                 view = await asyncio.wait_for(queue.get(), STREAM_POLL_S)

@@ -196,15 +196,24 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
         assert c.result(again["id"])["kinds"].shape == (36, 100, 200)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # meant
 def test_a_dead_worker_is_reported_not_waited_for(tmp_path: Path) -> None:
-    """If the worker thread is gone, waiting clients get an error and submissions a 503."""
+    """If the worker thread dies, waiting clients get an error and submissions a 503."""
     with live(tmp_path, paused=True) as (url, app), client(url) as c:
         queued = c.submit("measure", die=(0, 0))
-        app.state.service.worker.stop()
+        svc = app.state.service
+
+        def broken() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        svc.jobs.claim_next = broken  # the worker's next claim kills it
+        svc.worker.set_paused(False)
+        svc.worker._thread.join(10)
         assert c.health()["worker"] == "stopped"
         with pytest.raises(ServiceError, match="worker has stopped"):
             c.wait(queued["id"], timeout_s=30)
-        with pytest.raises(ServiceError, match="worker has stopped; restart") as err:
+        with pytest.raises(ServiceError,
+                           match=r"worker has stopped \(disk I/O error\); restart") as err:
             c.submit("measure", die=(1, 0))
         assert err.value.status == 503
 

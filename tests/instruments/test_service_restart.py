@@ -94,7 +94,8 @@ def _follow(url: str, job_id: int, into: list[object]) -> threading.Thread:
     def run() -> None:
         try:
             with client(url) as c:
-                into.extend(c.events(job_id))
+                for view in c.events(job_id):
+                    into.append(view)
         except Exception as err:  # recorded for the test
             into.append(err)
 
@@ -122,8 +123,8 @@ def test_sigterm_starts_no_further_job_while_a_client_waits(tmp_path: Path) -> N
         followers = [_follow(url, sweep["id"], running_seen),
                      _follow(url, queued[-1], queued_seen)]
         for view in c.events(sweep["id"], timeout_s=60):
-            if view["progress"]["done"] >= 2:
-                break
+            if view["progress"]["done"] >= 2 and running_seen and queued_seen:
+                break  # both followers are connected
         signalled = time.time()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) is not None
@@ -150,7 +151,7 @@ def test_a_waiting_client_sees_the_end_of_its_job_across_a_restart(tmp_path: Pat
         sweep = c.submit("sweep")
         follower = _follow(url, sweep["id"], seen)
         for view in c.events(sweep["id"], timeout_s=60):
-            if view["progress"]["done"] >= 2:
+            if view["progress"]["done"] >= 2 and seen:  # the follower is connected
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait(10)
