@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -19,16 +19,20 @@ Handler = Callable[[int, FrameType | None], Any]
 
 @dataclass
 class StopFlag:
-    """Set from a signal handler or another thread; checked at safe points."""
+    """Set from a signal handler or another thread; checked at safe points.
 
-    event: threading.Event = field(default_factory=threading.Event)
+    A plain attribute, no lock: a second Ctrl-C can arrive while the first one's handler is
+    still setting it, and a handler that waits for a lock its own thread holds waits for
+    ever (`threading.Event.set` did, and hung the sweep on a double Ctrl-C)."""
+
+    _requested: bool = False
 
     def request(self) -> None:
-        self.event.set()
+        self._requested = True
 
     @property
     def requested(self) -> bool:
-        return self.event.is_set()
+        return self._requested
 
 
 @contextmanager

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -22,6 +25,7 @@ from instruments.station import Station
 from instruments.store import RunStore
 from instruments.sweep import SweepInterrupted, run_sweep
 
+from .conftest import REPO
 from .fault_support import (
     SMALL_WAFER,
     Rule,
@@ -170,6 +174,42 @@ def test_a_ctrl_c_held_while_making_safe_reaches_the_sweeps_stop_flag() -> None:
         assert flag.requested
     with pytest.raises(KeyboardInterrupt), sigint_deferred():  # no sweep: an interrupt
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_inside_the_first_ones_handler_does_not_hang() -> None:
+    """The second Ctrl-C arrives while the first handler is setting the stop flag: with a
+    lock inside (threading.Event) the nested handler waited for ever."""
+    script = textwrap.dedent("""
+        import faulthandler, os, signal, threading
+        from instruments.interrupts import StopFlag, stop_on_sigint
+
+        faulthandler.dump_traceback_later(10, exit=True)  # a hang becomes a failure
+        flag, nested = StopFlag(), [True]
+
+        def set_with_a_second_ctrl_c(self):  # were a lock taken, it would be held here
+            with self._cond:
+                if nested[0]:
+                    nested[0] = False
+                    os.kill(os.getpid(), signal.SIGINT)
+                    for _ in range(1000):
+                        pass
+                self._flag = True
+                self._cond.notify_all()
+
+        threading.Event.set = set_with_a_second_ctrl_c
+        try:
+            with stop_on_sigint(flag):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+        except KeyboardInterrupt:
+            print("interrupted")
+        print("requested", flag.requested)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "requested True" in done.stdout
 
 
 def test_the_infer_job_reads_out_at_the_stations_read_voltage(tmp_path: Path) -> None:
