@@ -143,6 +143,8 @@ class RunStore:
         uri = self.path.resolve().as_uri()
         last: sqlite3.Error | None = None
         for flags in ("mode=ro", "mode=ro&immutable=1"):
+            if "immutable" in flags:
+                self._refuse_unmerged_wal()
             db = sqlite3.connect(f"{uri}?{flags}", uri=True, timeout=timeout_s,
                                  isolation_level=None)
             try:
@@ -153,6 +155,17 @@ class RunStore:
                 last = err
         assert last is not None
         raise last
+
+    def _refuse_unmerged_wal(self) -> None:
+        """An immutable open reads the main file only: writes still in the -wal file (a
+        writer that was killed) would be silently missing from what is listed or exported."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(
+                f"{self.path}: its latest writes are still in {wal.name} (the process that "
+                f"wrote them did not close the store), and they cannot be read without "
+                f"writing next to the store, which this folder does not allow: copy "
+                f"{self.path.name} and {wal.name} to a folder you may write, and use the copy")
 
     def _explain(self, err: sqlite3.Error) -> StoreError:
         text = str(err)
