@@ -43,7 +43,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     try:
         with RunStore(args.store) as store, stop_on_sigint(stop):
-            run_id = run_sweep(config, store, resume=args.resume, stop=stop, progress=progress,
+            run_id = run_sweep(config, store, resume=args.resume is not None,
+                               resume_run=args.resume or None, stop=stop, progress=progress,
                                planned=planned)
     finally:
         for made in dies:
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("sweep", cmd_sweep, "measure the defect map of every planned die")
     sp.add_argument("--station", required=True, help="station YAML file")
     sp.add_argument("--store", required=True, help="run store (SQLite file)")
-    sp.add_argument("--resume", action="store_true", help="continue the last unfinished sweep")
+    sp.add_argument("--resume", nargs="?", type=int, const=0, default=None, metavar="RUN",
+                    help="continue the last unfinished sweep (or run RUN)")
 
     sp = add("train", cmd_train, "train on the measured maps of the store's latest sweep")
     sp.add_argument("--store", required=True)

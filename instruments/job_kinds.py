@@ -324,16 +324,13 @@ def _check_inputs(job: InferJob, info: StationInfo) -> None:
 
 def _check_resumable(store_path: Path, run_id: int) -> None:
     from .store import RunStore, StoreError
-    from .sweep import SWEEP_KIND
+    from .sweep import check_resumable
 
     try:
         with RunStore(store_path, create=False) as store:
-            row = store.run_row(run_id)
-    except StoreError as err:
+            check_resumable(store, run_id)
+    except (StoreError, ValueError) as err:
         raise RejectedJobError(str(err)) from None
-    if row["kind"] != SWEEP_KIND or row["status"] == "finished":
-        raise RejectedJobError(f"run {run_id} is a {row['status']} {row['kind']} run, not an "
-                          "unfinished sweep")
 
 
 # ---- running jobs ------------------------------------------------------------------------------

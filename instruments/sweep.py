@@ -39,7 +39,10 @@ def planned_dies(station: Station) -> list[DieIndex]:
     wanted = [DieIndex(c, r) for c, r in plan.dies]
     unknown = [d for d in wanted if d not in wafer_map]
     if unknown:
-        raise ValueError(f"dies not on the wafer map: {unknown}")
+        shown = ", ".join(f"[{d.col}, {d.row}]" for d in unknown[:10])
+        raise ValueError(f"the station file's wafer.dies names {len(unknown)} die(s) not on the "
+                         f"prober's wafer map of {len(wafer_map)}: {shown}"
+                         + (" ..." if len(unknown) > 10 else ""))
     if plan.order == "map":
         return [d for d in wafer_map if d in wanted]
     return wanted
@@ -147,9 +150,9 @@ def sweep_run(station: Station, store: RunStore, resume_run: int | None, *,
 
     planned(run_id, n) is called once the run exists and its n planned dies are known (before
     the first die; progress bars get their total). Returns (run_id, dies measured now)."""
+    dies = planned_dies(station)  # a bad plan is refused before any run is made
     run_id = begin_sweep_run(store, station, resume_run)
     with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
-        dies = planned_dies(station)
         if planned is not None:
             planned(run_id, len(dies))
         measured = sweep(station, store, run_id, stop=stop, progress=progress, dies=dies)
@@ -157,14 +160,27 @@ def sweep_run(station: Station, store: RunStore, resume_run: int | None, *,
     return run_id, measured
 
 
+def check_resumable(store: RunStore, run_id: int) -> None:
+    """ValueError unless `run_id` is an unfinished sweep of the store (StoreError if absent)."""
+    row = store.run_row(run_id)
+    if row["kind"] != SWEEP_KIND or row["status"] == "finished":
+        raise ValueError(f"run {run_id} is a {row['status']} {row['kind']} run, not an "
+                         "unfinished sweep")
+
+
 def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
-              stop: StopFlag | None = None, progress: ProgressFn | None = None,
+              resume_run: int | None = None, stop: StopFlag | None = None,
+              progress: ProgressFn | None = None,
               station_factory: Callable[[StationConfig], Station] = Station,
               planned: Callable[[int, int], None] | None = None) -> int:
-    """Open the station and run `sweep_run` (resume: the latest unfinished sweep)."""
-    with station_factory(config) as station:
-        run_id = store.latest_run(SWEEP_KIND, finished=False) if resume else None
-        if resume and run_id is None:
+    """Open the station and run `sweep_run` (resume: the latest unfinished sweep, or
+    `resume_run`)."""
+    if resume_run is not None:
+        check_resumable(store, resume_run)
+    elif resume:
+        resume_run = store.latest_run(SWEEP_KIND, finished=False)
+        if resume_run is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
-        return sweep_run(station, store, run_id, stop=stop, progress=progress,
+    with station_factory(config) as station:
+        return sweep_run(station, store, resume_run, stop=stop, progress=progress,
                          planned=planned)[0]

@@ -166,7 +166,7 @@ CASES = [
          EXIT_FAILED, ("cannot talk to the instruments", "gave up after 12 attempts",
                        "timed out waiting for the instrument")),
     Case("unknown die", _station(f"{FAST}\nwafer: {{dies: [[9, 9]]}}\n"), EXIT_BAD_INPUT,
-         ("dies not on the wafer map: [DieIndex(col=9, row=9)]",)),
+         ("wafer.dies names 1 die(s) not on the prober's wafer map of 36: [9, 9]",)),
     Case("resume with nothing to resume", _resume_without_run, EXIT_BAD_INPUT,
          ("no unfinished sweep to resume",)),
     Case("store missing", lambda tmp: ["runs", "--store", str(tmp / "none.sqlite")],

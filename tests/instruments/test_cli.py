@@ -113,3 +113,33 @@ def test_the_sweep_bar_knows_its_total_and_an_early_error_prints_none(
     assert capsys.readouterr().err.startswith("mtjlab sweep: error: ")  # no empty bar first
     assert main(["sweep", "--station", str(station_file), "--store", store]) == EXIT_OK
     assert "2/2" in capsys.readouterr().err  # the bar's total: the planned dies
+
+
+def test_a_bad_plan_makes_no_run_and_any_unfinished_sweep_can_be_resumed(
+        tmp_path: Path, station_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A die off the wafer map used to be found after the run was made: the failed run then
+    stood between `--resume` and the interrupted sweep before it. `--resume RUN` picks one."""
+    store = tmp_path / "run.sqlite"
+    off_map = tmp_path / "off.yaml"
+    off_map.write_text(SMALL_STATION.replace("[1, 0]]", "[1, 0], [99, 99]]"))
+    with RunStore(store) as rs:  # an interrupted sweep of the small station
+        from instruments.config import load_station
+        from instruments.station import Station
+        from instruments.sweep import start_run
+        with Station(load_station(station_file)) as station:
+            first = start_run(rs, station, station.config, "sweep")
+        rs.set_status(first, "interrupted")
+    assert main(["-q", "sweep", "--station", str(off_map), "--store", str(store)]
+                ) == EXIT_BAD_INPUT
+    assert "names 1 die(s) not on the prober's wafer map of 36: [99, 99]" in capsys.readouterr().err
+    with RunStore(store) as rs:
+        assert [r.run_id for r in rs.runs()] == [first]  # no run for the bad plan
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store),
+                 "--resume", str(first + 1)]) == EXIT_BAD_INPUT  # not in the store
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store),
+                 "--resume", str(first)]) == EXIT_OK
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store),
+                 "--resume", str(first)]) == EXIT_BAD_INPUT  # finished now
+    assert "run 1 is a finished sweep run, not an unfinished sweep" in capsys.readouterr().err
+    with RunStore(store) as rs:
+        assert sorted(rs.dies_done(first)) == ["0,0", "1,0"]
