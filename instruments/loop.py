@@ -81,6 +81,17 @@ def latest_measurement_run(store: RunStore) -> int:
                      "sweep job)")
 
 
+def skipped_sweeps_note(store: RunStore, used: int) -> str | None:
+    """A warning when measuring runs newer than the one used exist (unfinished, so not
+    used): training or evaluating on older maps is then worth saying."""
+    newer = [r for r in store.runs() if r.kind in MEASURING_KINDS and r.run_id > used]
+    if not newer:
+        return None
+    which = ", ".join(f"run {r.run_id} ({r.status})" for r in newer)
+    return (f"warning: using sweep run {used}, the latest finished one; not used: {which} "
+            "(finish a sweep with 'mtjlab sweep --resume RUN')")
+
+
 def load_measurements(store: RunStore, run_id: int | None = None) -> MeasuredWafer:
     """The defect maps of a sweep run (default: the latest measuring run in the store)."""
     run_id = run_id if run_id is not None else latest_measurement_run(store)

@@ -9,6 +9,7 @@ and fitted device conductances, batched over dies) and keeps the summary as an "
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from training.sensitivity import loss_distribution
 from training.trainers import TrainResult
 
 from . import __version__
-from .loop import MeasuredWafer, load_measurements, summarize
+from .loop import MeasuredWafer, load_measurements, skipped_sweeps_note, summarize
 from .progress import EpochBars, say
 from .report import table, write_report
 from .store import RUN_LEVEL, RunStore, StoreError
@@ -142,7 +143,7 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
     data = load_default(data_dir, seed=seed)
     with _open(store_path) as store, EpochBars(quiet) as bars:
         epochs = bars if on_epoch is None else _both(bars, on_epoch)
-        measured = load_measurements(store)
+        measured = _latest_measured(store)
         # the network must fit the measured array for every method: refused before training
         setup = prepare(measured.maps, measured.device_model(), config)
         if method == "baseline":
@@ -162,9 +163,20 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
                 layouts = run_placement(data, setup, result.weights, config)
             run_id, info = _save_trained(store, measured, method, seed, data_dir, config,
                                          result, layouts, base_err)
-    say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} measured dies "
-               f"(software baseline error {info['baseline_error_pct']:.2f} %)")
+    say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} dies measured by "
+               f"sweep run {measured.run_id} (software baseline error "
+               f"{info['baseline_error_pct']:.2f} %)")
     return info | {"run_id": run_id, "seconds": time.perf_counter() - t0}
+
+
+def _latest_measured(store: RunStore) -> MeasuredWafer:
+    """The latest finished sweep's maps, with a warning on stderr (even when quiet) if newer
+    sweeps are left out because they are unfinished."""
+    measured = load_measurements(store)
+    note = skipped_sweeps_note(store, measured.run_id)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+    return measured
 
 
 def _both(first: StageEpochHook, second: StageEpochHook) -> StageEpochHook:
@@ -229,7 +241,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
     """
     data_dir = absolute(data_dir)
     with _open(store_path) as store:
-        measured = load_measurements(store)
+        measured = _latest_measured(store)
         trained_runs = _latest_trained(store, measured)
         if not trained_runs:
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "

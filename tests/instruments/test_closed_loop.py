@@ -135,8 +135,11 @@ def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
     assert main(["-q", "evaluate", "--store", store, "--seed", "0"]) == EXIT_BAD_INPUT
     assert "trained with seed 4" in capsys.readouterr().err
     with RunStore(swept_store, create=False) as store_:  # a later sweep that never finished
-        store_.create_run("sweep", store_.run_row(1)["station_yaml"], {}, "test", {})
+        later = store_.create_run("sweep", store_.run_row(1)["station_yaml"], {}, "test", {})
     assert main(["-q", "evaluate", "--store", store]) == EXIT_OK
+    # said even when quiet: the operator's latest measurements are not the ones used
+    assert (f"warning: using sweep run 1, the latest finished one; not used: run {later} "
+            "(running)") in capsys.readouterr().err
     with RunStore(swept_store, create=False) as store_:
         summary = store_.record(store_.latest_run("evaluate"), WHOLE_RUN, "summary")
     assert summary["seed"] == 4 and len(summary["methods"]["unaware"]["per_die"]) == 3
