@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,7 +70,7 @@ class SafetyLimits(_Model):
 class WaferPlan(_Model):
     """Which dies to visit, in which order."""
 
-    dies: Literal["all"] | list[tuple[int, int]] = "all"
+    dies: Literal["all"] | Annotated[list[tuple[int, int]], Field(min_length=1)] = "all"
     order: Literal["map", "listed"] = "map"
 
     @model_validator(mode="after")
@@ -123,7 +123,9 @@ class StationConfig(_Model):
     """A whole station file."""
 
     name: str = "station"
-    instruments: InstrumentsConfig = InstrumentsConfig(simulated=SimulatedInstruments())
+    # required: a station file that forgot its instruments must not silently measure the
+    # simulated wafer and store that as measured data ('simulated: {seed: 0}' asks for it)
+    instruments: InstrumentsConfig
     safety: SafetyLimits = SafetyLimits()
     wafer: WaferPlan = WaferPlan()
     measurement: MeasurementConfig = MeasurementConfig()
@@ -177,7 +179,11 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
         where = f"{source}:{line}" if line else source
         got = e.get("input")
         got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {where}: {key}: {e['msg']}{got_text}")
+        msg = e["msg"]
+        if loc == ("instruments",) and e["type"] == "missing":
+            msg, got_text = ("missing: give the prober's and tester's VISA addresses "
+                             "(resource), or 'simulated: {seed: N}' for the simulated wafer"), ""
+        lines.append(f"  {where}: {key}: {msg}{got_text}")
     return "\n".join(lines)
 
 
@@ -189,7 +195,8 @@ def parse_station(text: str, source: str = "<station>") -> StationConfig:
     except yaml.YAMLError as err:
         raise StationFileError(f"{source}: not valid YAML: {err}") from err
     if data is None:
-        data = {}
+        raise StationFileError(f"{source}: the station file is empty; it needs at least an "
+                               "'instruments' section (see docs/stations/*.yaml)")
     if not isinstance(data, dict):
         raise StationFileError(f"{source}: expected a mapping of sections at the top level")
     try:

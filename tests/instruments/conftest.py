@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def station_config(**overrides: object) -> StationConfig:
     """The default simulated station, with top-level sections overridden."""
-    return StationConfig.model_validate(overrides)
+    return StationConfig.model_validate({"instruments": {"simulated": {}}, **overrides})
 
 
 @pytest.fixture

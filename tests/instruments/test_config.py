@@ -29,7 +29,8 @@ def test_error_names_file_line_key_and_expectation(tmp_path: Path) -> None:
 
 def test_measurement_beyond_safety_limit_is_refused() -> None:
     with pytest.raises(StationFileError, match=r"measurement\.pulse_v = 1\.3 exceeds safety"):
-        parse_station("safety: {max_pulse_v: 1.2}\nmeasurement: {pulse_v: 1.3}\n")
+        parse_station("instruments: {simulated: {}}\nsafety: {max_pulse_v: 1.2}\n"
+                      "measurement: {pulse_v: 1.3}\n")
 
 
 def test_unknown_key_and_bad_yaml() -> None:
