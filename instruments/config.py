@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from simulated_hw import MAX_INFER_VECTORS, WaferConfig
 
@@ -22,6 +29,16 @@ class StationFileError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_for_a_number(cls, value: Any) -> Any:
+        """YAML reads yes/no/on/off as true/false, and pydantic would take true as 1 (an
+        `averages: yes` meant 1 average); no field of a station file is a yes/no."""
+        if isinstance(value, bool):
+            raise ValueError("expected a number or a name (YAML reads yes, no, on and off as "
+                             "true and false)")
+        return value
 
 
 class SimulatedInstruments(_Model):
@@ -98,9 +115,11 @@ class MeasurementConfig(_Model):
                                   "retried on its own")
     max_write_pulses: int = Field(6, ge=1, le=50, description="write-verify attempts")
     pulse_step_v: float = Field(0.05, ge=0, description="escalation per failed attempt")
-    short_max_ohm: float = Field(2_500.0, gt=0, description="below: shorted cell")
-    open_min_ohm: float = Field(100_000.0, gt=0, description="above: open cell")
-    p_ap_threshold_ohm: float = Field(8_500.0, gt=0, description="P below, AP above")
+    # at least 100 ohm: an MTJ cell reads kilo-ohms even shorted (its access transistor), so a
+    # smaller threshold is a value written in kilo-ohms
+    short_max_ohm: float = Field(2_500.0, ge=100, description="below: shorted cell")
+    open_min_ohm: float = Field(100_000.0, ge=100, description="above: open cell")
+    p_ap_threshold_ohm: float = Field(8_500.0, ge=100, description="P below, AP above")
     ambiguity_band_rel: float = Field(0.05, ge=0, lt=0.5,
                                       description="re-measure cells this close to a threshold")
 

@@ -148,6 +148,13 @@ CASES = [
          ("instruments: missing: give the prober's and tester's VISA addresses",)),
     Case("empty die list", _station(f"{FAST}\nwafer: {{dies: []}}\n"), EXIT_BAD_INPUT,
          ("wafer.dies: List should have at least 1 item",)),
+    Case("yes for a number", _station(f"{FAST}\nmeasurement: {{averages: yes}}\n"),
+         EXIT_BAD_INPUT, ("measurement.averages: Value error, expected a number or a name (YAML "
+                          "reads yes, no, on and off as true and false) (got True)",)),
+    Case("thresholds in kilo-ohms", _station(
+        f"{FAST}\nmeasurement: {{short_max_ohm: 2.5, p_ap_threshold_ohm: 8.5}}\n"),
+         EXIT_BAD_INPUT, ("measurement.short_max_ohm: Input should be greater than or equal to "
+                          "100 (got 2.5)",)),
     Case("setting beyond the safety limit", _station(f"{FAST}\nmeasurement: {{pulse_v: 1.4}}\n"),
          EXIT_BAD_INPUT, ("measurement.pulse_v = 1.4 exceeds safety.max_pulse_v = 1.2",)),
     Case("limit beyond the instrument's range", _station(f"{FAST}\nsafety: {{max_pulse_v: 3}}\n"),
