@@ -33,11 +33,16 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
         if run_id is None:
             run_id = _default_run(store)
         meta = store.run_row(run_id)
+        suffix = ".npz" if fmt == "npz" else ".h5"
+        path = Path(out) if out else store_path.with_name(
+            f"{store_path.stem}-run{run_id}{suffix}")
+        if out is None:  # the default name is checked as a named one is, before the work
+            _check_out(path, store_path, force)
         arrays = {f"{die}/{name}": store.array(run_id, die, name)
                   for die, name in store.array_names(run_id)}
         records = store.records(run_id)
-    suffix = ".npz" if fmt == "npz" else ".h5"
-    path = Path(out) if out else store_path.with_name(f"{store_path.stem}-run{run_id}{suffix}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: no folder {path.parent}")
     tmp = path.with_name(path.name + ".partial")
     try:
         _write(tmp, fmt, arrays, records, meta)
@@ -57,7 +62,7 @@ def _check_out(out: Path, store_path: Path, force: bool) -> None:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; name the file to write")
     if out.exists() and not force:
-        raise ValueError(f"--out {out} exists; pass --force to replace it")
+        raise ValueError(f"{out} exists; pass --force to replace it (or --out another file)")
 
 
 def _default_run(store: RunStore) -> int:

@@ -168,6 +168,15 @@ def test_export_takes_the_latest_finished_run_and_protects_files(tmp_path: Path)
     assert export_store(path, out, "npz", force=True) == out
     with pytest.raises(ValueError, match="is a folder"):
         export_store(path, tmp_path, "npz")
+    # the default name is protected too (it used to be replaced without a word)
+    out.write_text("notes")
+    with pytest.raises(ValueError, match="s-run1.npz exists; pass --force"):
+        export_store(path, None, "npz")
+    assert out.read_text() == "notes"
+    assert export_store(path, None, "npz", force=True) == out
+    with pytest.raises(ValueError, match="no folder"):
+        export_store(path, tmp_path / "none" / "x.npz", "npz")
+    assert not (tmp_path / "none").exists()
     with RunStore(path) as store:
         assert [r.status for r in store.runs()] == ["finished", "failed"]
 
