@@ -132,6 +132,7 @@ class RunStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
+            self._refuse_other_databases(create)
             self._check_version()
         except sqlite3.DatabaseError as err:
             raise self._explain(err) from err
@@ -176,6 +177,17 @@ class RunStore:
         if "full" in text:
             return StoreError(f"{self.path}: disk full while writing the store: {text}")
         return StoreError(f"{self.path}: {text}")
+
+    def _refuse_other_databases(self, create: bool) -> None:
+        """Never add the store's tables to another program's database, nor (create=False:
+        train, evaluate) to an empty file that was named by mistake."""
+        tables = {r[0] for r in self.db.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in tables or (create and not tables):
+            return
+        what = "an empty file" if not tables else "a database of another program"
+        raise StoreError(f"{self.path}: not an mtjlab store ({what}); name the store a sweep "
+                         "wrote" + (" or a new file" if create else ""))
 
     def _check_version(self, create_schema: bool = True) -> None:
         if not create_schema:  # read-only: the tables must be there already

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,7 @@ def test_export_takes_the_latest_finished_run_and_protects_files(tmp_path: Path)
         export_store(path, tmp_path, "npz")
     # the default name is protected too (it used to be replaced without a word)
     out.write_text("notes")
-    with pytest.raises(ValueError, match="s-run1.npz exists; pass --force"):
+    with pytest.raises(ValueError, match=r"s-run1\.npz exists; pass --force"):
         export_store(path, None, "npz")
     assert out.read_text() == "notes"
     assert export_store(path, None, "npz", force=True) == out
@@ -220,3 +221,25 @@ def test_listing_and_exporting_open_the_store_read_only(tmp_path: Path) -> None:
         RunStore(other, read_only=True)
     with pytest.raises(FileNotFoundError):
         RunStore(tmp_path / "none.sqlite", read_only=True)
+
+
+def test_no_store_tables_are_added_to_other_files(tmp_path: Path) -> None:
+    """`evaluate --store other.db` used to add the store's tables to an unrelated database,
+    and turn an empty file into a store while `runs` called it not a store."""
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE samples (x)")
+        db.commit()
+    for create in (True, False):
+        with pytest.raises(StoreError, match="not an mtjlab store \\(a database of another"):
+            RunStore(other, create=create)
+    with closing(sqlite3.connect(other)) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["samples"]
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(StoreError, match="not an mtjlab store \\(an empty file\\)"):
+        RunStore(empty, create=False)
+    assert empty.stat().st_size == 0
+    RunStore(empty).close()  # a new store may start from an empty file
+    with RunStore(empty, create=False) as store:
+        assert store.runs() == []
