@@ -129,10 +129,10 @@ class RunStore:
                 self._check_version(create_schema=False)
                 return
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            self._refuse_other_databases(create)  # before anything is written
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self._refuse_other_databases(create)
             self._check_version()
         except sqlite3.DatabaseError as err:
             raise self._explain(err) from err
@@ -186,6 +186,7 @@ class RunStore:
         if "meta" in tables or (create and not tables):
             return
         what = "an empty file" if not tables else "a database of another program"
+        self.db.close()
         raise StoreError(f"{self.path}: not an mtjlab store ({what}); name the store a sweep "
                          "wrote" + (" or a new file" if create else ""))
 
