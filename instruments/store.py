@@ -123,6 +123,9 @@ class RunStore:
         self.path = Path(path)
         if (read_only or not create) and not self.path.exists():
             raise StoreMissing(f"{self.path}: no such store")
+        if not self.path.parent.is_dir():
+            raise StoreMissing(f"{self.path}: no folder {self.path.parent} to create the store "
+                               "in")
         try:
             if read_only:
                 self.db = self._connect_read_only(timeout_s)

@@ -16,6 +16,7 @@ from drivers.errors import InstrumentTimeout, LimitError, ReplyError
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main, run_command
 from instruments.store import RunStore
 
+REPO_STATION = Path(__file__).resolve().parents[2] / "docs" / "stations" / "simulated.yaml"
 SMALL_STATION = """
 name: cli-test
 instruments: {simulated: {seed: 3}}
@@ -78,6 +79,11 @@ def test_missing_store_and_bad_arguments_are_exit_2(tmp_path: Path,
         assert main([*argv, "--store", str(store)]) == EXIT_BAD_INPUT  # a run id not stored
         assert capsys.readouterr().err.endswith(f"{store}: no run 7\n")
     assert main(["train", "--store", "x", "--method", "magic"]) == EXIT_BAD_INPUT
+    capsys.readouterr()
+    nowhere = tmp_path / "no-such-folder" / "run.sqlite"  # was exit 1, "unable to open"
+    assert main(["-q", "sweep", "--station", str(REPO_STATION), "--store", str(nowhere)]
+                ) == EXIT_BAD_INPUT
+    assert f"no folder {nowhere.parent} to create the store in" in capsys.readouterr().err
     assert main(["nonsense"]) == EXIT_BAD_INPUT
 
 
