@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 #: terminal states whose oldest jobs are deleted beyond `JobStore.keep_finished` (an interrupted
-#: job is kept: it can still be resumed)
+#: job is kept while it can still be resumed: until it has been)
 PRUNED = ("succeeded", "failed", "cancelled")
 
 
@@ -100,6 +100,10 @@ class QueueFullError(RuntimeError):
     """Too many queued jobs (HTTP 503)."""
 
 
+class AlreadyResumedError(RuntimeError):
+    """A job resumed a second time (HTTP 409)."""
+
+
 class StoreInUseError(RuntimeError):
     """Another service holds the job queue (and so the instruments)."""
 
@@ -151,7 +155,8 @@ class JobStore:
         last (not the highest ids: queued jobs cancelled while an older one ran have higher
         ids), so a service that runs for months keeps a bounded queue file. The job that has
         just finished is always kept; measured data lives in the run store, never pruned."""
-        old = (f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(PRUNED))}) "
+        old = (f"SELECT id FROM jobs WHERE (state IN ({','.join('?' * len(PRUNED))}) OR "
+               "(state='interrupted' AND id IN (SELECT resumed_from FROM jobs))) "
                "AND id != ? ORDER BY finished DESC, id DESC LIMIT -1 OFFSET ?")
         args = (*PRUNED, just_finished, max(self.keep_finished - (just_finished > 0), 0))
         db.execute(f"DELETE FROM results WHERE job_id IN ({old})", args)
@@ -263,6 +268,12 @@ class JobStore:
             if queued >= self.max_queued:
                 raise QueueFullError(f"{queued} jobs are queued (limit {self.max_queued}); "
                                 "try again later")
+            if resumed_from is not None:  # once: a second resume would queue the job twice
+                again = db.execute("SELECT id FROM jobs WHERE resumed_from=?",
+                                   (resumed_from,)).fetchone()
+                if again is not None:
+                    raise AlreadyResumedError(f"job {resumed_from} was already resumed as job "
+                                              f"{again[0]}; follow or resume that one")
             cur = db.execute("INSERT INTO jobs (kind, params, described, state, submitted, "
                              "resumed_from) VALUES (?, ?, ?, 'queued', ?, ?)",
                              (kind, json.dumps(params), _describe_params(params), time.time(),
@@ -317,6 +328,8 @@ class JobStore:
         """
         if self._update(job_id, "state='cancelled', finished=?, cancel_requested=1",
                         (time.time(),), "AND state='queued'"):
+            with self._tx() as db:  # a finished job now, pruned as the others
+                self._prune(db, just_finished=job_id)
             return True, "cancelled"
         if self._update(job_id, "cancel_requested=1", (), "AND state='running'"):
             return True, "running"

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from . import __version__
 from .config import StationConfig, load_station
 from .job_kinds import RUNNERS, JobRequest, RejectedJobError, validate_job
-from .jobs import TERMINAL, JobStore, QueueFullError, Worker
+from .jobs import TERMINAL, AlreadyResumedError, JobStore, QueueFullError, Worker
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,10 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
     def cancel(job_id: int = JobId) -> dict[str, Any]:
         """Cancel: a queued job at once; a running one stops at its next safe point."""
         svc.job_or_404(job_id)
-        acted, state = svc.jobs.cancel(job_id)
+        try:
+            acted, state = svc.jobs.cancel(job_id)
+        except KeyError:  # pruned since the lookup
+            raise HTTPException(404, f"no job {job_id}") from None
         if not acted:
             raise HTTPException(409, f"job {job_id} is already {state}")
         if state == "running":
@@ -340,12 +343,18 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         if job["state"] not in ("interrupted", "cancelled", "failed"):
             raise HTTPException(409, f"job {job_id} is {job['state']}; only interrupted, "
                                      "cancelled or failed jobs can be resumed")
-        params = svc.jobs.params(job_id)
+        try:
+            params = svc.jobs.params(job_id)
+        except KeyError:  # pruned since the lookup
+            raise HTTPException(404, f"no job {job_id}") from None
         kind = params.pop("kind")
         run_id = job["summary"].get("run_id")
         if kind == "sweep" and run_id is not None:
             params["resume_run"] = run_id
-        view = svc.jobs.submit(kind, params, resumed_from=job_id)
+        try:
+            view = svc.jobs.submit(kind, params, resumed_from=job_id)
+        except AlreadyResumedError as err:
+            raise HTTPException(409, str(err)) from None
         svc.worker.wake()
         return view
 
@@ -434,6 +443,9 @@ def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback address without a token, and tokens too short to matter."""
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"the token must have at least {MIN_TOKEN_CHARS} characters")
+    if token is not None and (token != token.strip() or not token.isprintable()):
+        raise ValueError("the token must not start or end with spaces, nor hold control "
+                         "characters (no client could send it)")
     if not is_loopback(host) and not token:
         raise ValueError(f"refusing to listen on {host} without a token: the service drives "
                          f"instruments; set --token or {TOKEN_ENV}, or bind 127.0.0.1")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from instruments.cli import main
-from instruments.jobs import JobStore
+from instruments.jobs import AlreadyResumedError, JobStore
 from instruments.service import default_jobs_path
 
 from .service_support import live
@@ -111,5 +111,26 @@ def test_the_job_that_just_finished_is_never_pruned(tmp_path: Path) -> None:
         jobs.finish(first, "succeeded", npz=b"PK")
         assert jobs.get(first)["state"] == "succeeded" and jobs.result(first) == b"PK"
         assert [j["id"] for j in jobs.list()] == [first, later[1]]
+    finally:
+        jobs.close()
+
+
+def test_a_job_is_resumed_once_and_cancelled_or_resumed_jobs_are_pruned(tmp_path: Path
+                                                                       ) -> None:
+    """Resuming the same job twice queued it twice; cancelled queued jobs waited for some job
+    to finish before they were pruned, and an interrupted job that was resumed never was."""
+    jobs = JobStore(tmp_path / "q.jobs.sqlite", keep_finished=2)
+    try:
+        stopped = jobs.submit("sweep", {})["id"]
+        jobs.claim_next()
+        jobs.finish(stopped, "interrupted", error="stopped")
+        again = jobs.submit("sweep", {"resume_run": 1}, resumed_from=stopped)["id"]
+        with pytest.raises(AlreadyResumedError, match=f"already resumed as job {again}"):
+            jobs.submit("sweep", {"resume_run": 1}, resumed_from=stopped)
+        cancelled = [jobs.submit("measure", {"die": [0, i]})["id"] for i in range(4)]
+        for job_id in cancelled:
+            jobs.cancel(job_id)
+        # pruned as they were cancelled: the two that ended last are kept
+        assert [j["id"] for j in jobs.list()] == [again, *cancelled[2:]]
     finally:
         jobs.close()

@@ -186,6 +186,8 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
         again = c.resume(job["id"])
         assert again["resumed_from"] == job["id"]
         assert again["params"]["resume_run"] == run_id
+        with pytest.raises(RequestRejectedError, match=f"already resumed as job {again['id']}"):
+            c.resume(job["id"])  # once: a second resume queued the sweep twice
         final = c.wait(again["id"], timeout_s=60)
         assert final["state"] == "succeeded", final
         assert final["summary"] == {"run_id": run_id, "dies": 36, "measured_now": 36 - done}
