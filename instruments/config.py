@@ -6,6 +6,7 @@ and what was expected, in words a lab operator understands.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -186,6 +187,19 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
+def _named_setting(root: yaml.Node | None, message: str) -> tuple[str, ...]:
+    """The first setting a message names (`section.key`) that the file sets, else ()."""
+    for name in re.findall(r"\b[a-z_]+(?:\.[a-z_]+)+\b", message):
+        path = tuple(name.split("."))
+        node = root
+        for key in path:
+            node = next((v for k, v in node.value if k.value == key), None) if isinstance(
+                node, yaml.MappingNode) else None
+        if node is not None:
+            return path
+    return ()
+
+
 def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> str:
     """One line per problem: file:line: key: what was expected."""
     lines = [f"{source}: invalid station file ({err.error_count()} problem(s))"]
@@ -193,6 +207,8 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
         # Drop pydantic's union-branch tags ("literal['all']", "list[...]") from the key path.
         loc = tuple(x for x in e["loc"]
                     if not (isinstance(x, str) and ("[" in x or x.startswith("function"))))
+        if not loc:  # a rule across settings: point at the first one the file sets
+            loc = _named_setting(root, str(e["msg"]))
         key = ".".join(str(x) for x in loc) or "(top level)"
         line = _line_of(root, loc)
         where = f"{source}:{line}" if line else source

@@ -315,6 +315,8 @@ def _agreed_training(store: RunStore, trained_runs: dict[str, int]
 
 def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
     """summary.json, report.md and plots from the store's latest demo or evaluation."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; name a folder for the report")
     with RunStore(store_path, read_only=True) as store:
         candidates = [r.run_id for r in store.runs()
                       if r.kind in ("demo", EVALUATE_KIND) and r.status == "finished"

@@ -98,6 +98,10 @@ def test_train_evaluate_report_from_a_swept_store(swept_store: Path, tmp_path: P
     n_in, n_hidden = ExperimentConfig.small().network.sizes[:2]
     assert hat_w[0].shape == (3, n_in, n_hidden)  # one weight set per measured die
 
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes")
+    assert main(["-q", "report", "--store", store, "--out", str(a_file)]) == EXIT_BAD_INPUT
+    assert "is a file; name a folder for the report" in capsys.readouterr().err
     out = tmp_path / "report"
     assert main(["-q", "report", "--store", store, "--out", str(out)]) == EXIT_OK
     assert json.loads((out / "summary.json").read_text()) == evaluation

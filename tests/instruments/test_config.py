@@ -33,6 +33,14 @@ def test_measurement_beyond_safety_limit_is_refused() -> None:
                       "measurement: {pulse_v: 1.3}\n")
 
 
+def test_a_rule_across_settings_points_at_the_setting_the_file_sets() -> None:
+    """It used to point at line 1, '(top level)', whatever the file said where."""
+    text = "name: x\ninstruments: {simulated: {}}\nsafety:\n  max_pulse_v: 0.5\n"
+    with pytest.raises(StationFileError, match=r"st\.yaml:4: safety\.max_pulse_v: Value error, "
+                       r"measurement\.pulse_v = 0\.9 exceeds safety\.max_pulse_v = 0\.5"):
+        parse_station(text, "st.yaml")
+
+
 def test_unknown_key_and_bad_yaml() -> None:
     with pytest.raises(StationFileError, match="mesurement: Extra inputs"):
         parse_station("mesurement: {}\n")
