@@ -181,26 +181,38 @@ class RunStore:
             return StoreError(f"{self.path}: disk full while writing the store: {text}")
         return StoreError(f"{self.path}: {text}")
 
-    def _refuse_other_databases(self, create: bool) -> None:
-        """Never add the store's tables to another program's database, nor (create=False:
-        train, evaluate) to an empty file that was named by mistake."""
+    def _what_file(self) -> tuple[str, tuple[str] | None]:
+        """('store', its schema_version row), ('empty', None) or ('other', None): another
+        program's database (a table named meta alone does not make a store)."""
         tables = {r[0] for r in self.db.execute(
             "SELECT name FROM sqlite_master WHERE type='table'")}
-        if "meta" in tables or (create and not tables):
+        if not tables:
+            return "empty", None
+        if "meta" in tables:
+            try:
+                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'"
+                                      ).fetchone()
+            except sqlite3.OperationalError:  # a meta table of other columns
+                row = None
+            if row is not None:
+                return "store", row
+        return "other", None
+
+    def _refuse_other_databases(self, create: bool) -> None:
+        """Never add the store's tables to another program's database, nor (create=False:
+        train, evaluate; read-only) to an empty file that was named by mistake."""
+        what, _row = self._what_file()
+        if what == "store" or (what == "empty" and create):
             return
-        what = "an empty file" if not tables else "a database of another program"
         self.db.close()
-        raise StoreError(f"{self.path}: not an mtjlab store ({what}); name the store a sweep "
+        shown = "an empty file" if what == "empty" else "a database of another program"
+        raise StoreError(f"{self.path}: not an mtjlab store ({shown}); name the store a sweep "
                          "wrote" + (" or a new file" if create else ""))
 
     def _check_version(self, create_schema: bool = True) -> None:
         if not create_schema:  # read-only: the tables must be there already
-            try:
-                row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'"
-                                      ).fetchone()
-            except sqlite3.OperationalError as err:  # no such table: not a store
-                raise StoreError(f"{self.path}: not an mtjlab store ({err})") from err
-            self._newer_refused(row)
+            self._refuse_other_databases(create=False)
+            self._newer_refused(self._what_file()[1])
             return
         with self.transaction():
             for statement in _SCHEMA.strip().split(";"):

@@ -227,14 +227,18 @@ def test_no_store_tables_are_added_to_other_files(tmp_path: Path) -> None:
     """`evaluate --store other.db` used to add the store's tables to an unrelated database,
     and turn an empty file into a store while `runs` called it not a store."""
     other = tmp_path / "other.db"
-    with closing(sqlite3.connect(other)) as db:
-        db.execute("CREATE TABLE samples (x)")
+    with closing(sqlite3.connect(other)) as db:  # shaped as a browser's history file
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        db.execute("INSERT INTO meta VALUES ('version', '53')")
+        db.execute("CREATE TABLE urls (url TEXT)")
         db.commit()
-    for create in (True, False):
+    for create, read_only in ((True, False), (False, False), (False, True)):
         with pytest.raises(StoreError, match="not an mtjlab store \\(a database of another"):
-            RunStore(other, create=create)
+            RunStore(other, create=create, read_only=read_only)
     with closing(sqlite3.connect(other)) as db:
-        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["samples"]
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                ] == ["meta", "urls"]
+        assert db.execute("SELECT * FROM meta").fetchall() == [("version", "53")]
     empty = tmp_path / "empty.sqlite"
     empty.touch()
     with pytest.raises(StoreError, match="not an mtjlab store \\(an empty file\\)"):
