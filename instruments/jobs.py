@@ -295,6 +295,11 @@ class JobStore:
         self._publish(job)
         return job
 
+    def unclaim(self, job_id: int) -> None:
+        """Put a job claimed but never started back in the queue, as it was."""
+        self._update(job_id, "state='queued', started=NULL, attempts=attempts-1",
+                     (), "AND state='running'")
+
     def progress(self, job_id: int, done: int, total: int | None, message: str = "") -> None:
         self._update(job_id, "done=?, total=?, message=?", (done, total, message))
 
@@ -473,9 +478,11 @@ class Worker:
 
         job_id = row["id"]
         stop = StopFlag()
-        self.current = (job_id, stop)
-        if self._stopping:  # stop() ran between the claim and now, and missed this job
-            stop.request()
+        self.current = (job_id, stop)  # from now on a halt reaches this job's stop flag
+        if self._stopping:  # halted between the claim and now: the job never started
+            self.current = None
+            self.jobs.unclaim(job_id)
+            return
         if (self.jobs.get(job_id) or {}).get("cancel_requested"):
             stop.request()  # cancelled between claim and now
         ctx = JobContext(station, self.store_path, stop,

@@ -326,3 +326,22 @@ def test_the_service_lifts_a_chuck_left_down_before_it_idles(tmp_path: Path) -> 
     with live(tmp_path, station_factory=factory) as (url, _app):
         assert httpx.get(f"{url}/health").json()["status"] == "ok"
         assert_safe(stations[0])
+
+
+def test_a_job_claimed_as_the_signal_lands_stays_queued(tmp_path: Path) -> None:
+    """A halt between the worker's last look at its stop flag and its claim of the next job:
+    that job used to end 'interrupted' ('stopped before touching the instruments')."""
+    with live(tmp_path, paused=True) as (url, app), client(url) as c:
+        svc = app.state.service
+        job = c.submit("measure", die=(0, 0))
+        claim = svc.jobs.claim_next
+
+        def claim_as_the_signal_lands():  # type: ignore[no-untyped-def]
+            svc.worker.halt()
+            return claim()
+
+        svc.jobs.claim_next = claim_as_the_signal_lands
+        svc.worker.set_paused(False)
+        svc.worker._thread.join(10)
+        view = c.get(job["id"])
+        assert (view["state"], view["started_at"], view["attempts"]) == ("queued", None, 0)
