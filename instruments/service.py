@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from . import __version__
 from .config import StationConfig, load_station
-from .job_kinds import RUNNERS, JobRequest, RejectedJobError, validate_job
+from .job_kinds import REQUEST, RUNNERS, JobRequest, RejectedJobError, validate_job
 from .jobs import TERMINAL, AlreadyResumedError, JobStore, QueueFullError, Worker
 
 log = logging.getLogger(__name__)
@@ -351,6 +351,9 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         run_id = job["summary"].get("run_id")
         if kind == "sweep" and run_id is not None:
             params["resume_run"] = run_id
+        assert svc.worker.info is not None  # checked as a new job is (a finished run: 422)
+        validate_job(REQUEST.validate_python({"kind": kind, **params}), svc.worker.info,
+                     svc.store_path)
         try:
             view = svc.jobs.submit(kind, params, resumed_from=job_id)
         except AlreadyResumedError as err:

@@ -89,6 +89,7 @@ def begin_sweep_run(store: RunStore, station: Station, resume_run: int | None) -
     """A new sweep run, or `resume_run` checked against this station and marked running."""
     if resume_run is None:
         return start_run(store, station, station.config, SWEEP_KIND)
+    check_resumable(store, resume_run)  # also when it finished since the request was made
     check_resume(store, resume_run, station)
     store.set_status(resume_run, "running")
     return resume_run
