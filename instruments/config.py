@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simulated_hw import MAX_INFER_VECTORS, WaferConfig
 
@@ -30,16 +24,6 @@ class StationFileError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_yes_for_a_number(cls, value: Any) -> Any:
-        """YAML reads yes/no/on/off as true/false, and pydantic would take true as 1 (an
-        `averages: yes` meant 1 average); no field of a station file is a yes/no."""
-        if isinstance(value, bool):
-            raise ValueError("expected a number or a name (YAML reads yes, no, on and off as "
-                             "true and false)")
-        return value
 
 
 class SimulatedInstruments(_Model):
@@ -222,6 +206,19 @@ def format_validation_error(err: ValidationError, source: str, root: yaml.Node |
     return "\n".join(lines)
 
 
+def _yes_no(data: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """Where YAML read yes/no/on/off (or true/false): no setting of a station file is one,
+    and pydantic would take true for 1 (`averages: yes` meant 1 average, `[on, 0]` die 1,0)."""
+    if isinstance(data, bool):
+        yield path
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from _yes_no(value, (*path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _yes_no(value, (*path, i))
+
+
 def parse_station(text: str, source: str = "<station>") -> StationConfig:
     """Validate station YAML text; raise StationFileError with an operator's message."""
     try:
@@ -234,6 +231,13 @@ def parse_station(text: str, source: str = "<station>") -> StationConfig:
                                "'instruments' section (see docs/stations/*.yaml)")
     if not isinstance(data, dict):
         raise StationFileError(f"{source}: expected a mapping of sections at the top level")
+    found = list(_yes_no(data))
+    if found:
+        raise StationFileError("\n".join(
+            [f"{source}: invalid station file ({len(found)} problem(s))"]
+            + [f"  {source}:{_line_of(root, path)}: {'.'.join(map(str, path))}: expected a "
+               "number or a name (YAML reads yes, no, on and off as true and false)"
+               for path in found]))
     try:
         return StationConfig.model_validate(data)
     except ValidationError as err:

@@ -41,8 +41,6 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
         arrays = {f"{die}/{name}": store.array(run_id, die, name)
                   for die, name in store.array_names(run_id)}
         records = store.records(run_id)
-    if not path.parent.is_dir():
-        raise ValueError(f"--out {path}: no folder {path.parent}")
     tmp = path.with_name(path.name + ".partial")
     try:
         _write(tmp, fmt, arrays, records, meta)
@@ -54,13 +52,15 @@ def export_store(store_path: str | Path, out: str | Path | None, fmt: str,
 
 
 def _check_out(out: Path, store_path: Path, force: bool) -> None:
-    """Refuse an --out that is the store (or its WAL files), a folder, or (without force) an
-    existing file."""
+    """Refuse an --out that is the store (or its WAL files), a folder, in no folder, or
+    (without force) an existing file: before any work."""
     store = store_path.resolve()
     if out.resolve() in {store, *(store.with_name(store.name + s) for s in ("-wal", "-shm"))}:
         raise ValueError(f"--out {out} is the store itself; export to another file")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; name the file to write")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: no folder {out.parent}")
     if out.exists() and not force:
         raise ValueError(f"{out} exists; pass --force to replace it (or --out another file)")
 

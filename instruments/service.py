@@ -446,9 +446,10 @@ def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback address without a token, and tokens too short to matter."""
     if token is not None and len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"the token must have at least {MIN_TOKEN_CHARS} characters")
-    if token is not None and (token != token.strip() or not token.isprintable()):
-        raise ValueError("the token must not start or end with spaces, nor hold control "
-                         "characters (no client could send it)")
+    if token is not None and (token != token.strip() or not token.isprintable()
+                              or not token.isascii()):
+        raise ValueError("the token must be printable ASCII without spaces at either end (no "
+                         "client could send it in an HTTP header)")
     if not is_loopback(host) and not token:
         raise ValueError(f"refusing to listen on {host} without a token: the service drives "
                          f"instruments; set --token or {TOKEN_ENV}, or bind 127.0.0.1")

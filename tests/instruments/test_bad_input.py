@@ -148,9 +148,10 @@ CASES = [
          ("instruments: missing: give the prober's and tester's VISA addresses",)),
     Case("empty die list", _station(f"{FAST}\nwafer: {{dies: []}}\n"), EXIT_BAD_INPUT,
          ("wafer.dies: List should have at least 1 item",)),
-    Case("yes for a number", _station(f"{FAST}\nmeasurement: {{averages: yes}}\n"),
-         EXIT_BAD_INPUT, ("measurement.averages: Value error, expected a number or a name (YAML "
-                          "reads yes, no, on and off as true and false) (got True)",)),
+    Case("yes for a number", _station(
+        f"{FAST}\nmeasurement: {{averages: yes}}\nwafer: {{dies: [[on, 0]]}}\n"),
+         EXIT_BAD_INPUT, ("measurement.averages: expected a number or a name (YAML reads yes, "
+                          "no, on and off as true and false)", "wafer.dies.0.0: expected a")),
     Case("thresholds in kilo-ohms", _station(
         f"{FAST}\nmeasurement: {{short_max_ohm: 2.5, p_ap_threshold_ohm: 8.5}}\n"),
          EXIT_BAD_INPUT, ("measurement.short_max_ohm: Input should be greater than or equal to "

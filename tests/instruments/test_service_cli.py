@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from instruments.cli import main
+from instruments.job_kinds import encode_array
 from instruments.jobs import AlreadyResumedError, JobStore
 from instruments.service import default_jobs_path
 
@@ -132,5 +136,29 @@ def test_a_job_is_resumed_once_and_cancelled_or_resumed_jobs_are_pruned(tmp_path
             jobs.cancel(job_id)
         # pruned as they were cancelled: the two that ended last are kept
         assert [j["id"] for j in jobs.list()] == [again, *cancelled[2:]]
+    finally:
+        jobs.close()
+
+
+def test_a_queue_file_from_before_stored_descriptions_opens_and_lists(tmp_path: Path) -> None:
+    """Queue files written before job views were stored get the column, filled, on open."""
+    path = tmp_path / "q.jobs.sqlite"
+    inputs = encode_array(np.zeros((3, 100), np.uint8))
+    with closing(sqlite3.connect(path)) as db:  # the earlier schema: no `described` column
+        db.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT "
+                   "NULL, params TEXT NOT NULL, state TEXT NOT NULL, submitted REAL NOT NULL, "
+                   "started REAL, finished REAL, attempts INTEGER NOT NULL DEFAULT 0, done "
+                   "INTEGER NOT NULL DEFAULT 0, total INTEGER, message TEXT NOT NULL DEFAULT "
+                   "'', summary TEXT NOT NULL DEFAULT '{}', error TEXT, cancel_requested "
+                   "INTEGER NOT NULL DEFAULT 0, resumed_from INTEGER, version INTEGER NOT NULL "
+                   "DEFAULT 0)")
+        db.execute("INSERT INTO jobs (kind, params, state, submitted) VALUES (?, ?, 'queued', 0)",
+                   ("infer", json.dumps({"die": [0, 0], "inputs": inputs})))
+        db.commit()
+    jobs = JobStore(path)
+    try:
+        (job,) = jobs.list()
+        assert job["params"] == {"die": [0, 0], "inputs": {"dtype": "uint8", "shape": [3, 100]}}
+        assert jobs.params(job["id"])["inputs"] == inputs  # the request itself is kept
     finally:
         jobs.close()
