@@ -184,26 +184,34 @@ def _named_setting(root: yaml.Node | None, message: str) -> tuple[str, ...]:
     return ()
 
 
+def _problems(source: str, root: yaml.Node | None,
+              found: list[tuple[tuple[Any, ...], str]]) -> str:
+    """The operator's message: one line per (key path, what was expected), with its line."""
+    lines = [f"{source}: invalid station file ({len(found)} problem(s))"]
+    for loc, text in found:
+        line = _line_of(root, loc)
+        where = f"{source}:{line}" if line else source
+        lines.append(f"  {where}: {'.'.join(map(str, loc)) or '(top level)'}: {text}")
+    return "\n".join(lines)
+
+
 def format_validation_error(err: ValidationError, source: str, root: yaml.Node | None) -> str:
     """One line per problem: file:line: key: what was expected."""
-    lines = [f"{source}: invalid station file ({err.error_count()} problem(s))"]
+    found: list[tuple[tuple[Any, ...], str]] = []
     for e in err.errors():
         # Drop pydantic's union-branch tags ("literal['all']", "list[...]") from the key path.
         loc = tuple(x for x in e["loc"]
                     if not (isinstance(x, str) and ("[" in x or x.startswith("function"))))
         if not loc:  # a rule across settings: point at the first one the file sets
             loc = _named_setting(root, str(e["msg"]))
-        key = ".".join(str(x) for x in loc) or "(top level)"
-        line = _line_of(root, loc)
-        where = f"{source}:{line}" if line else source
         got = e.get("input")
         got_text = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         msg = e["msg"]
         if loc == ("instruments",) and e["type"] == "missing":
             msg, got_text = ("missing: give the prober's and tester's VISA addresses "
                              "(resource), or 'simulated: {seed: N}' for the simulated wafer"), ""
-        lines.append(f"  {where}: {key}: {msg}{got_text}")
-    return "\n".join(lines)
+        found.append((loc, f"{msg}{got_text}"))
+    return _problems(source, root, found)
 
 
 def _yes_no(data: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -231,13 +239,10 @@ def parse_station(text: str, source: str = "<station>") -> StationConfig:
                                "'instruments' section (see docs/stations/*.yaml)")
     if not isinstance(data, dict):
         raise StationFileError(f"{source}: expected a mapping of sections at the top level")
-    found = list(_yes_no(data))
-    if found:
-        raise StationFileError("\n".join(
-            [f"{source}: invalid station file ({len(found)} problem(s))"]
-            + [f"  {source}:{_line_of(root, path)}: {'.'.join(map(str, path))}: expected a "
-               "number or a name (YAML reads yes, no, on and off as true and false)"
-               for path in found]))
+    yes_no = [(path, "expected a number or a name (YAML reads yes, no, on and off as true "
+                     "and false)") for path in _yes_no(data)]
+    if yes_no:
+        raise StationFileError(_problems(source, root, yes_no))
     try:
         return StationConfig.model_validate(data)
     except ValidationError as err:

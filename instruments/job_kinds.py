@@ -327,7 +327,7 @@ def _check_resumable(store_path: Path, run_id: int) -> None:
     from .sweep import check_resumable
 
     try:
-        with RunStore(store_path, create=False) as store:
+        with RunStore(store_path, read_only=True) as store:
             check_resumable(store, run_id)
     except (StoreError, ValueError) as err:
         raise RejectedJobError(str(err)) from None

@@ -296,19 +296,27 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
                 "snapshot": svc.worker.snapshot, "queue": svc.jobs.counts(),
                 "running": svc.worker.current[0] if svc.worker.current else None}
 
-    @app.post("/jobs", status_code=201, response_model=JobView, tags=["jobs"])
-    def submit(job: Annotated[JobRequest, Body()]) -> dict[str, Any]:
-        """Queue a job after checking it against the station (wafer map, shapes, limits).
-        `kind` selects the job type (a body without one is refused, not guessed)."""
+    def queue(job: Any, resumed_from: int | None = None) -> dict[str, Any]:
+        """Check a job against the station (wafer map, shapes, limits, store) and queue it:
+        new jobs and resumed ones alike."""
         assert svc.worker.info is not None
         if not svc.worker.alive:
             why = f" ({svc.worker.error})" if svc.worker.error else ""
             raise HTTPException(503, f"the worker has stopped{why}; restart the service")
         validate_job(job, svc.worker.info, svc.store_path)
         params = job.model_dump(mode="json", exclude={"kind"})
-        view = svc.jobs.submit(job.kind, params)
+        try:
+            view = svc.jobs.submit(job.kind, params, resumed_from=resumed_from)
+        except AlreadyResumedError as err:
+            raise HTTPException(409, str(err)) from None
         svc.worker.wake()
         return view
+
+    @app.post("/jobs", status_code=201, response_model=JobView, tags=["jobs"])
+    def submit(job: Annotated[JobRequest, Body()]) -> dict[str, Any]:
+        """Queue a job after checking it against the station (wafer map, shapes, limits).
+        `kind` selects the job type (a body without one is refused, not guessed)."""
+        return queue(job)
 
     # Handlers that read the job store are plain functions: FastAPI runs them on its thread
     # pool, so a long listing does not hold up /health or the event streams.
@@ -351,15 +359,8 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         run_id = job["summary"].get("run_id")
         if kind == "sweep" and run_id is not None:
             params["resume_run"] = run_id
-        assert svc.worker.info is not None  # checked as a new job is (a finished run: 422)
-        validate_job(REQUEST.validate_python({"kind": kind, **params}), svc.worker.info,
-                     svc.store_path)
-        try:
-            view = svc.jobs.submit(kind, params, resumed_from=job_id)
-        except AlreadyResumedError as err:
-            raise HTTPException(409, str(err)) from None
-        svc.worker.wake()
-        return view
+        # checked as a new job is (a sweep whose run has finished since: 422)
+        return queue(REQUEST.validate_python({"kind": kind, **params}), resumed_from=job_id)
 
     @app.get("/jobs/{job_id}/result", tags=["jobs"],
              responses={200: {"content": {"application/octet-stream": {}},

@@ -198,12 +198,13 @@ class RunStore:
                 return "store", row
         return "other", None
 
-    def _refuse_other_databases(self, create: bool) -> None:
+    def _refuse_other_databases(self, create: bool) -> tuple[str] | None:
         """Never add the store's tables to another program's database, nor (create=False:
-        train, evaluate; read-only) to an empty file that was named by mistake."""
-        what, _row = self._what_file()
+        train, evaluate; read-only) to an empty file that was named by mistake. Returns the
+        store's schema_version row (None for an empty file)."""
+        what, row = self._what_file()
         if what == "store" or (what == "empty" and create):
-            return
+            return row
         self.db.close()
         shown = "an empty file" if what == "empty" else "a database of another program"
         raise StoreError(f"{self.path}: not an mtjlab store ({shown}); name the store a sweep "
@@ -211,8 +212,7 @@ class RunStore:
 
     def _check_version(self, create_schema: bool = True) -> None:
         if not create_schema:  # read-only: the tables must be there already
-            self._refuse_other_databases(create=False)
-            self._newer_refused(self._what_file()[1])
+            self._newer_refused(self._refuse_other_databases(create=False))
             return
         with self.transaction():
             for statement in _SCHEMA.strip().split(";"):

@@ -85,6 +85,14 @@ def check_resume(store: RunStore, run_id: int, station: Station) -> None:
                          f"({identities} then, {station.identities} now)")
 
 
+def check_resumable(store: RunStore, run_id: int) -> None:
+    """ValueError unless `run_id` is an unfinished sweep of the store (StoreError if absent)."""
+    row = store.run_row(run_id)
+    if row["kind"] != SWEEP_KIND or row["status"] == "finished":
+        raise ValueError(f"run {run_id} is a {row['status']} {row['kind']} run, not an "
+                         "unfinished sweep")
+
+
 def begin_sweep_run(store: RunStore, station: Station, resume_run: int | None) -> int:
     """A new sweep run, or `resume_run` checked against this station and marked running."""
     if resume_run is None:
@@ -161,14 +169,6 @@ def sweep_run(station: Station, store: RunStore, resume_run: int | None, *,
     return run_id, measured
 
 
-def check_resumable(store: RunStore, run_id: int) -> None:
-    """ValueError unless `run_id` is an unfinished sweep of the store (StoreError if absent)."""
-    row = store.run_row(run_id)
-    if row["kind"] != SWEEP_KIND or row["status"] == "finished":
-        raise ValueError(f"run {run_id} is a {row['status']} {row['kind']} run, not an "
-                         "unfinished sweep")
-
-
 def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
               resume_run: int | None = None, stop: StopFlag | None = None,
               progress: ProgressFn | None = None,
@@ -176,9 +176,7 @@ def run_sweep(config: StationConfig, store: RunStore, *, resume: bool = False,
               planned: Callable[[int, int], None] | None = None) -> int:
     """Open the station and run `sweep_run` (resume: the latest unfinished sweep, or
     `resume_run`)."""
-    if resume_run is not None:
-        check_resumable(store, resume_run)
-    elif resume:
+    if resume_run is None and resume:  # a named run is checked as the sweep begins
         resume_run = store.latest_run(SWEEP_KIND, finished=False)
         if resume_run is None:
             raise ValueError(f"{store.path}: no unfinished sweep to resume")
