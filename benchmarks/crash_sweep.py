@@ -1,6 +1,6 @@
 """Crash safety of `mtjlab sweep`: SIGKILL it at random moments, resume, compare with a clean run.
 
-    python benchmarks/crash_sweep.py [--kills 10] [--seed 0] [--wafer-seed 0] [--sigint]
+    python benchmarks/crash_sweep.py [--kills 10] [--seed 0] [--wafer-seed 0] [--sigint] [--sigterm]
 
 Runs the real CLI (`python -m instruments.cli sweep`) as a subprocess. An uninterrupted run of
 the same station file (same wafer seed) is the reference. The crash run is started, killed
@@ -8,9 +8,11 @@ with SIGKILL at a random (seeded) moment once it is working, resumed with ``--re
 again, ... `kills` times, then resumed to the end. The two stores must then hold the same
 dies, each committed exactly once in the journal, with identical defect maps. With
 ``--sigint`` a sweep is also stopped with Ctrl-C (SIGINT): it must end at a safe point with
-exit code 1 and resume to the same result.
+exit code 1 and resume to the same result; with ``--sigterm`` one is stopped with SIGTERM,
+which ends it at once (mid-die), safely, with exit code 1, and resumes to the same result.
 
 Last line: RESULT kills=<n> kill_identical=<true|false> dies=<n> [sigint_ok=<true|false>]
+[sigterm_ok=<true|false>]
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ def crash_run(workdir: Path, kills: int = 10, seed: int = 0, wafer_seed: int = 0
 
 
 @dataclass
-class SigintReport:
+class SignalReport:
     ok: bool
     exit_code: int
     message: str
@@ -221,21 +223,26 @@ class SigintReport:
     comparison: Comparison | None
 
 
-def sigint_run(workdir: Path, wafer_seed: int = 0, reference: Path | None = None,
-               timeout_s: float = 120.0) -> SigintReport:
-    """Ctrl-C once a die is done: exit 1 at a safe point, status 'interrupted', resumable."""
+#: what the sweep says on stderr when stopped by each signal
+SIGNAL_MESSAGES = {signal.SIGINT: "resume with --resume", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+def signal_run(workdir: Path, wafer_seed: int = 0, reference: Path | None = None,
+               timeout_s: float = 120.0, sig: signal.Signals = signal.SIGINT) -> SignalReport:
+    """`sig` once a die is done (Ctrl-C: a stop at the next safe point; SIGTERM: at once):
+    exit 1, status 'interrupted', resumable to the uninterrupted result."""
     station = workdir / "station.yaml"
     station.write_text(station_yaml(wafer_seed))
-    store = workdir / "sigint.sqlite"
+    store = workdir / f"{sig.name.lower()}.sqlite"
     ref_proc = None
     if reference is None:
-        reference = workdir / "sigint-reference.sqlite"
+        reference = workdir / f"{sig.name.lower()}-reference.sqlite"
         ref_proc = spawn(station, reference, resume=False)
     proc = spawn(station, store, resume=False)
     deadline = time.monotonic() + timeout_s
     while dies_done(store) < 1 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=timeout_s)
     status = _query(store, "SELECT status FROM runs ORDER BY run_id DESC LIMIT 1")
     status_text = status[0][0] if status else "<none>"
@@ -246,13 +253,13 @@ def sigint_run(workdir: Path, wafer_seed: int = 0, reference: Path | None = None
         ref_proc.communicate(timeout=timeout_s)
     comparison = compare(read_store(reference), read_store(store)) if resumed.returncode == 0 \
         else None
-    ok = (proc.returncode == 1 and "resume with --resume" in err
+    ok = (proc.returncode == 1 and SIGNAL_MESSAGES[sig] in err
           and status_text == "interrupted" and 1 <= at_stop < 36
           and comparison is not None and comparison.identical)
     message = err.strip().splitlines()[-1] if err.strip() else ""
     if resumed.returncode != 0:
         message += f" | resume failed: {err2.strip()}"
-    return SigintReport(ok, proc.returncode, message, status_text, at_stop, comparison)
+    return SignalReport(ok, proc.returncode, message, status_text, at_stop, comparison)
 
 
 def main() -> None:
@@ -261,6 +268,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument("--wafer-seed", type=int, default=0)
     ap.add_argument("--sigint", action="store_true", help="also test Ctrl-C")
+    ap.add_argument("--sigterm", action="store_true", help="also test SIGTERM")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         report = crash_run(Path(tmp), args.kills, args.seed, args.wafer_seed)
@@ -272,11 +280,14 @@ def main() -> None:
               f"defect maps identical: {report.comparison.identical}, every array and record "
               f"bit-identical: {report.comparison.arrays_identical}, {report.seconds:.1f} s")
         tail = ""
-        if args.sigint:
-            s = sigint_run(Path(tmp), args.wafer_seed, reference=Path(tmp) / "reference.sqlite")
-            print(f"SIGINT: exit {s.exit_code}, status {s.status_after_stop!r} with "
+        for sig, wanted in ((signal.SIGINT, args.sigint), (signal.SIGTERM, args.sigterm)):
+            if not wanted:
+                continue
+            s = signal_run(Path(tmp), args.wafer_seed, reference=Path(tmp) / "reference.sqlite",
+                           sig=sig)
+            print(f"{sig.name}: exit {s.exit_code}, status {s.status_after_stop!r} with "
                   f"{s.dies_at_stop} dies done, message {s.message!r}")
-            tail = f" sigint_ok={str(s.ok).lower()}"
+            tail += f" {sig.name.lower()}_ok={str(s.ok).lower()}"
     print(f"RESULT kills={report.kills} kill_identical={str(report.comparison.identical).lower()}"
           f" dies={report.dies}{tail}")
 

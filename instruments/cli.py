@@ -24,7 +24,7 @@ class BadInput(Exception):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .config import load_station
-    from .interrupts import StopFlag, stop_on_sigint
+    from .interrupts import StopFlag, stop_on_interrupt
     from .progress import bar
     from .store import RunStore
     from .sweep import run_sweep
@@ -42,7 +42,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dies[0].set_postfix(die=f"{die.col},{die.row}", **m.counts())
 
     try:
-        with RunStore(args.store) as store, stop_on_sigint(stop):
+        with RunStore(args.store) as store, stop_on_interrupt(stop):
             run_id = run_sweep(config, store, resume=args.resume is not None,
                                resume_run=args.resume or None, stop=stop, progress=progress,
                                planned=planned)
@@ -200,12 +200,16 @@ def run_command(args: argparse.Namespace) -> int:
     from drivers.errors import DriverError, LimitError
 
     from .config import StationFileError
+    from .interrupts import Terminated, stop_on_interrupt
     from .station import StationError
     from .store import RunMissing, StoreError
     from .sweep import SweepInterrupted
 
     try:
-        return args.fn(args)
+        if getattr(args, "own_signals", False):
+            return args.fn(args)
+        with stop_on_interrupt():  # SIGTERM: Terminated, so clean-ups and run statuses run
+            return args.fn(args)
     except (BadInput, StationFileError, ValidationError, FileNotFoundError, RunMissing,
             LimitError) as err:
         print(f"mtjlab {args.command}: error: {err}", file=sys.stderr)
@@ -218,6 +222,9 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     except SweepInterrupted as err:
         print(f"mtjlab {args.command}: interrupted: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Terminated:
+        print(f"mtjlab {args.command}: terminated (SIGTERM)", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"mtjlab {args.command}: interrupted", file=sys.stderr)

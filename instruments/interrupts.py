@@ -1,20 +1,30 @@
-"""Ctrl-C policy: a stop request between dies, and no interruption while making safe.
+"""Interrupt policy: Ctrl-C is a stop request between dies, SIGTERM stops at once, and
+neither interrupts making the station safe.
 
-Python delivers SIGINT to the main thread only, so elsewhere (a service worker) these
+Python delivers signals to the main thread only, so elsewhere (a service worker) these
 context managers do nothing; there a stop comes through `StopFlag` alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 Handler = Callable[[int, FrameType | None], Any]
+#: the signals these context managers handle: Ctrl-C, and a polite kill (systemd, `kill`,
+#: a scheduler's time limit), which the default action would obey with the chuck down
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: stop at once, as a second Ctrl-C does; the clean-up on the way out
+    (`Station.safe_state`, the run's status) still runs."""
 
 
 @dataclass
@@ -36,50 +46,69 @@ class StopFlag:
 
 
 @contextmanager
-def _sigint_handled(make: Callable[[Any], Handler]) -> Iterator[None]:
-    """SIGINT handled by make(previous handler) for the block, in the main thread."""
+def _handled(make: Callable[[int, Any], Handler | None]) -> Iterator[None]:
+    """Each signal of SIGNALS handled by make(signal, previous handler) for the block (None:
+    left as it is), in the main thread; the previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, make(previous))
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig, before in previous.items():
+        handler = make(sig, before)
+        if handler is not None:
+            signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
-def stop_on_sigint(flag: StopFlag) -> AbstractContextManager[None]:
-    """Turn the first Ctrl-C into a stop request (a second one interrupts at once)."""
+def stop_on_interrupt(flag: StopFlag | None = None) -> contextlib.AbstractContextManager[None]:
+    """SIGTERM raises `Terminated` (once: later ones are ignored, so they cannot cut the
+    clean-up short). With a flag, the first Ctrl-C is a stop request and a second one
+    interrupts at once; without one, Ctrl-C is left as it is (KeyboardInterrupt)."""
+    terminating: list[bool] = []
 
-    def make(previous: Any) -> Handler:
-        def handler(signum: int, frame: FrameType | None) -> None:
+    def make(sig: int, previous: Any) -> Handler | None:
+        if sig == signal.SIGTERM:
+            def terminate(_signum: int, _frame: FrameType | None) -> None:
+                if not terminating:
+                    terminating.append(True)
+                    raise Terminated("terminated (SIGTERM)")
+            return terminate
+        if flag is None:
+            return None
+
+        def stop(_signum: int, _frame: FrameType | None) -> None:
             if flag.requested:
                 signal.signal(signal.SIGINT, previous)
                 raise KeyboardInterrupt
             flag.request()
-        return handler
+        return stop
 
-    return _sigint_handled(make)
+    return _handled(make)
 
 
 @contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, then hand it to the handler it would have reached (a
-    sweep's stop request, or KeyboardInterrupt): making the station safe (output off, chuck
-    separated) must not be cut short by the operator's own interrupt."""
-    caught: list[Any] = []  # the handler in force before the block, once a Ctrl-C came
+def signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then hand each to the handler it would
+    have reached (a sweep's stop request, `Terminated`, KeyboardInterrupt, or the default
+    action): making the station safe (output off, chuck separated) must not be cut short by
+    the operator's own interrupt."""
+    caught: dict[int, Any] = {}  # signal -> the handler in force before the block
 
-    def make(previous: Any) -> Handler:
+    def make(sig: int, previous: Any) -> Handler:
         def hold(_signum: int, _frame: FrameType | None) -> None:
-            caught[:] = [previous]
+            caught[sig] = previous
         return hold
 
-    with _sigint_handled(make):
+    with _handled(make):
         yield
-    if caught:
-        previous = caught[0]
+    for sig, previous in caught.items():
         if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous != signal.SIG_IGN:  # SIG_DFL (or a C handler): an interrupt
-            raise KeyboardInterrupt
+            previous(sig, None)
+        elif previous != signal.SIG_IGN:  # the default action (or a C handler's)
+            if sig == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(sig)

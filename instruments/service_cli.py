@@ -171,6 +171,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
         return add_command(sub, name, fn, help_)
 
     sp = add("serve", cmd_serve, "run the station service (owns the instruments, HTTP jobs)")
+    sp.set_defaults(own_signals=True)  # uvicorn's handlers halt the worker (service._server)
     sp.add_argument("--station", required=True, help="station YAML file")
     sp.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; others need a token)")

@@ -29,7 +29,7 @@ from drivers.errors import (
 from drivers.prober import DieIndex, Prober, VeloxProber
 
 from .config import StationConfig
-from .interrupts import sigint_deferred
+from .interrupts import signals_deferred
 from .safety import SafetyPolicy
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ class Station:
         actions = {"output off": lambda: setattr(self.tester, "output_enabled", False),
                    "separate": lambda: self.prober.separate()}
         attempts = self._session_attempts
-        with sigint_deferred():
+        with signals_deferred():
             for attempt in range(attempts):
                 for name in list(actions):
                     try:

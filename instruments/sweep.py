@@ -17,7 +17,7 @@ from drivers.prober import DieIndex
 from . import __version__
 from .config import StationConfig, parse_station, station_to_yaml
 from .defect_map import DieMeasurement, measure_defect_map
-from .interrupts import StopFlag
+from .interrupts import StopFlag, Terminated
 from .station import Station
 from .store import SWEEP_KIND, RunStore, die_key
 
@@ -161,7 +161,7 @@ def sweep_run(station: Station, store: RunStore, resume_run: int | None, *,
     the first die; progress bars get their total). Returns (run_id, dies measured now)."""
     dies = planned_dies(station)  # a bad plan is refused before any run is made
     run_id = begin_sweep_run(store, station, resume_run)
-    with store.status_kept(run_id, interrupted=(SweepInterrupted,)):
+    with store.status_kept(run_id, interrupted=(SweepInterrupted, Terminated)):
         if planned is not None:
             planned(run_id, len(dies))
         measured = sweep(station, store, run_id, stop=stop, progress=progress, dies=dies)

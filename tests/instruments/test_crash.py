@@ -12,17 +12,19 @@ import signal
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 
-from instruments.interrupts import StopFlag, stop_on_sigint
+from instruments.interrupts import StopFlag, Terminated, stop_on_interrupt
 from instruments.store import RunStore
 from instruments.sweep import SweepInterrupted, run_sweep
 
 from .conftest import REPO
 from .fault_support import (
     SMALL_WAFER,
+    ScriptedFaults,
     StationRecorder,
     assert_safe,
     reference_kinds,
@@ -53,7 +55,7 @@ def test_ctrl_c_stops_at_the_next_safe_point_and_resumes(tmp_path: Path) -> None
 
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup, else Python's default
     with RunStore(tmp_path / "run.sqlite") as store:
-        with stop_on_sigint(stop), pytest.raises(SweepInterrupted, match="resume with --resume"):
+        with stop_on_interrupt(stop), pytest.raises(SweepInterrupted, match="resume with --resume"):
             run_sweep(config, store, stop=stop, progress=ctrl_c_after_first,
                       station_factory=recorder)
         assert signal.getsignal(signal.SIGINT) is before  # restored
@@ -81,7 +83,7 @@ def test_second_ctrl_c_interrupts_at_once_but_still_safely(tmp_path: Path) -> No
             os.kill(os.getpid(), signal.SIGINT)
 
     with RunStore(tmp_path / "run.sqlite") as store:
-        with stop_on_sigint(stop), pytest.raises(KeyboardInterrupt):
+        with stop_on_interrupt(stop), pytest.raises(KeyboardInterrupt):
             run_sweep(config, store, stop=stop, progress=two_ctrl_c, station_factory=recorder)
         assert_safe(recorder.stations[0])
         run_id = store.latest_run()
@@ -89,6 +91,40 @@ def test_second_ctrl_c_interrupts_at_once_but_still_safely(tmp_path: Path) -> No
         assert len(store.dies_done(run_id)) == 1  # committed before the progress call
         run_sweep(config, store, resume=True)
         assert len(set(store.dies_done(run_id))) == 4
+
+
+class SigtermOnPulse(ScriptedFaults):
+    """No faults: a SIGTERM to this process as the first write pulse of the sweep is sent
+    (mid-die: chuck down, output on), and another while the station makes itself safe."""
+
+    def draw(self, message: bytes, applicable: Any = ()) -> str | None:
+        if message.startswith(b"PROG:ARR") and not self.counts["timeout"]:
+            self.counts["timeout"] = 1  # (a counter only: no fault is injected)
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif message.startswith(b"OUTP OFF") and self.counts["timeout"] == 1:
+            self.counts["timeout"] = 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+
+def test_sigterm_mid_die_stops_at_once_safely_and_resumes(tmp_path: Path) -> None:
+    config = station_config(SMALL_WAFER)
+    ref = reference_kinds(config, tmp_path / "ref.sqlite")
+    stop = StopFlag()
+    recorder = StationRecorder(lambda st: SigtermOnPulse().install(st))
+    before = signal.getsignal(signal.SIGTERM)
+    with RunStore(tmp_path / "run.sqlite") as store:
+        with stop_on_interrupt(stop), pytest.raises(Terminated):
+            run_sweep(config, store, stop=stop, station_factory=recorder)
+        assert signal.getsignal(signal.SIGTERM) is before  # restored
+        assert_safe(recorder.stations[0])
+        run_id = store.latest_run()
+        row = store.run_row(run_id)
+        assert (row["status"], row["error"]) == ("interrupted", "terminated (SIGTERM)")
+        assert store.dies_done(run_id) == []  # the die it was in is measured again
+        run_sweep(config, store, resume=True)
+        got = sweep_kinds(store, run_id)
+        assert len(got) == 4 and all(np.array_equal(got[d], ref[d]) for d in ref)
 
 
 def test_compare_flags_lost_and_duplicated_dies() -> None:
@@ -119,8 +155,17 @@ def test_ten_sigkills_each_resumed_give_the_uninterrupted_store(tmp_path: Path) 
 
 
 @pytest.mark.slow
+def test_sigterm_through_the_cli_exits_1_and_resumes(tmp_path: Path) -> None:
+    report = _crash_script().signal_run(tmp_path, sig=signal.SIGTERM)
+    assert report.exit_code == 1
+    assert report.message == "mtjlab sweep: terminated (SIGTERM)"
+    assert report.status_after_stop == "interrupted" and 1 <= report.dies_at_stop < 36
+    assert report.comparison is not None and report.comparison.identical, report
+
+
+@pytest.mark.slow
 def test_ctrl_c_through_the_cli_exits_1_at_a_safe_point_and_resumes(tmp_path: Path) -> None:
-    report = _crash_script().sigint_run(tmp_path)
+    report = _crash_script().signal_run(tmp_path)
     assert report.exit_code == 1
     assert "interrupted: stopped before die" in report.message
     assert report.status_after_stop == "interrupted" and 1 <= report.dies_at_stop < 36

@@ -19,7 +19,7 @@ import pytest
 
 from drivers.prober import DieIndex
 from instruments.config import StationFileError, parse_station
-from instruments.interrupts import StopFlag, sigint_deferred, stop_on_sigint
+from instruments.interrupts import StopFlag, signals_deferred, stop_on_interrupt
 from instruments.job_kinds import InferJob, JobContext, ProgramJob, run_infer, run_program
 from instruments.station import Station
 from instruments.store import RunStore
@@ -167,12 +167,12 @@ def test_a_ctrl_c_held_while_making_safe_reaches_the_sweeps_stop_flag() -> None:
     """Inside a sweep (Ctrl-C = stop request) the held Ctrl-C becomes that request, not an
     interrupt that would hide the error being handled."""
     flag = StopFlag()
-    with stop_on_sigint(flag):
-        with sigint_deferred():
+    with stop_on_interrupt(flag):
+        with signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             assert not flag.requested  # held
         assert flag.requested
-    with pytest.raises(KeyboardInterrupt), sigint_deferred():  # no sweep: an interrupt
+    with pytest.raises(KeyboardInterrupt), signals_deferred():  # no sweep: an interrupt
         os.kill(os.getpid(), signal.SIGINT)
 
 
@@ -181,7 +181,7 @@ def test_a_second_ctrl_c_inside_the_first_ones_handler_does_not_hang() -> None:
     lock inside (threading.Event) the nested handler waited for ever."""
     script = textwrap.dedent("""
         import faulthandler, os, signal, threading
-        from instruments.interrupts import StopFlag, stop_on_sigint
+        from instruments.interrupts import StopFlag, stop_on_interrupt
 
         faulthandler.dump_traceback_later(10, exit=True)  # a hang becomes a failure
         flag, nested = StopFlag(), [True]
@@ -198,7 +198,7 @@ def test_a_second_ctrl_c_inside_the_first_ones_handler_does_not_hang() -> None:
 
         threading.Event.set = set_with_a_second_ctrl_c
         try:
-            with stop_on_sigint(flag):
+            with stop_on_interrupt(flag):
                 os.kill(os.getpid(), signal.SIGINT)
                 for _ in range(1000):
                     pass
