@@ -330,21 +330,23 @@ class Station:
         self.prober.separate()
 
     def safe_state(self) -> None:
-        """Best effort, never raising: output off and chuck separated, reopening the sessions
-        (without re-contacting any die) as often as recovery would. Each round tries both, so
-        a dead tester does not keep the chuck down, and a Ctrl-C waits until it is done."""
-        actions = {"output off": lambda: setattr(self.tester, "output_enabled", False),
-                   "separate": lambda: self.prober.separate()}
-        attempts = self._session_attempts
+        """Best effort, never raising: output off, then chuck separated, reopening the sessions
+        (without re-contacting any die) as often as recovery would. The chuck is lifted only
+        once the output is confirmed off, except after `retry.max_attempts` rounds without
+        that: a dead tester must not keep the chuck down either. A Ctrl-C or SIGTERM waits
+        until it is done."""
+        output_off = separated = False
+        attempts, patience = self._session_attempts, self.config.retry.max_attempts
         with signals_deferred():
             for attempt in range(attempts):
-                for name in list(actions):
-                    try:
-                        actions[name]()
-                        del actions[name]
-                    except Exception as err:
-                        log.warning("safe state: %s: %s", name, err)
-                if not actions:
+                if not output_off:
+                    output_off = self._safely("output off", lambda: setattr(
+                        self.tester, "output_enabled", False))
+                if not separated and (output_off or attempt + 1 >= patience):
+                    if not output_off:
+                        log.error("safe state: separating with the output not confirmed off")
+                    separated = self._safely("separate", self.prober.separate)
+                if output_off and separated:
                     return
                 if attempt + 1 == attempts:
                     break
@@ -354,8 +356,19 @@ class Station:
                     self._connect()
                 except Exception as err:
                     log.error("safe state: reconnect failed: %s", err)
-            log.error("safe state not confirmed after %d attempts: %s", attempts,
-                      ", ".join(actions))
+            log.error("safe state not confirmed after %d attempts: %s", attempts, ", ".join(
+                name for name, done in (("output off", output_off), ("separate", separated))
+                if not done))
+
+    @staticmethod
+    def _safely(name: str, action: Callable[[], object]) -> bool:
+        """action() for the safe state: True if it succeeded, else False (logged)."""
+        try:
+            action()
+            return True
+        except Exception as err:
+            log.warning("safe state: %s: %s", name, err)
+            return False
 
     def close(self) -> None:
         """Safe state, then release the sessions."""

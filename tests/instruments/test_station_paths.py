@@ -1,5 +1,6 @@
 """Station paths where a fault meets a second event: a garbled but parseable wafer map, a
-reconnect on the way into contact, a dead tester while making safe (with a Ctrl-C), a resume
+reconnect on the way into contact, a refused or dead output-off while making safe (with a
+Ctrl-C), a resume
 with another station file, a die planned twice, and a job's write settings."""
 
 from __future__ import annotations
@@ -75,6 +76,34 @@ def test_output_goes_on_only_with_the_die_in_contact() -> None:
         assert st.recoveries == 1
         assert seen and all(seen)
         assert_safe(st)
+
+
+def _chuck_moves_with_output(st: Station) -> list[bool]:
+    """Spy on the prober: the tester's output state (from the simulator) at each move."""
+    prober, tester = devices(st)
+    moves: list[bool] = []
+    write = prober.write
+
+    def spy(data: bytes) -> Any:
+        if data.startswith(b"MoveChuck"):
+            moves.append(bool(tester.setting("output")))
+        return write(data)
+
+    prober.write = spy
+    return moves
+
+
+@pytest.mark.parametrize("refusals", [1, 3])
+def test_the_chuck_is_lifted_only_once_the_output_is_off(refusals: int) -> None:
+    """'OUTP OFF' refused (a -300 the tester queues, then answers the next message): the
+    safe state reopens the sessions and switches the output off again before it separates."""
+    with Station(station_config(SMALL_WAFER)) as st:
+        moves = _chuck_moves_with_output(st)
+        with pytest.raises(RuntimeError, match="mid-die"), st.at_die(DieIndex(1, 0)):
+            ScriptedFaults([Rule(r"OUTP OFF", "scpi_error", times=refusals)]).install(st)
+            raise RuntimeError("a failure mid-die")
+        assert_safe(st)
+        assert moves[-1] is False and moves.count(True) == 0, moves
 
 
 class DeadTester(ScriptedFaults):
