@@ -3,7 +3,7 @@
 In the style of PyMeasure's ``Instrument.control``: a driver class declares its settings as
 class attributes, so it reads like a register map::
 
-    read_voltage_v = control("SOUR:READ:VOLT?", "SOUR:READ:VOLT {:.6g}", "read voltage",
+    read_voltage_v = control("SOUR:READ:VOLT?", "SOUR:READ:VOLT {}", "read voltage",
                              units="V", validator=in_range(0.01, 0.5))
 
 Reading the attribute queries the instrument; assigning validates first and raises

@@ -109,16 +109,16 @@ class CrossbarTester(SCPIInstrument):
     """Crossbar array tester; the array size is read once at connect and cached."""
 
     read_voltage_v = control(
-        "SOUR:READ:VOLT?", "SOUR:READ:VOLT {:.6g}", "read voltage",
+        "SOUR:READ:VOLT?", "SOUR:READ:VOLT {}", "read voltage",
         units="V", validator=in_range(0.01, 0.5))
     pulse_amplitude_v = control(
-        "SOUR:PULS:AMPL?", "SOUR:PULS:AMPL {:.6g}", "write pulse amplitude",
+        "SOUR:PULS:AMPL?", "SOUR:PULS:AMPL {}", "write pulse amplitude",
         units="V", validator=in_range(0.0, 2.0))
     pulse_width_s = control(
-        "SOUR:PULS:WIDT?", "SOUR:PULS:WIDT {:.6g}", "write pulse width",
+        "SOUR:PULS:WIDT?", "SOUR:PULS:WIDT {}", "write pulse width",
         units="s", validator=in_range(1e-9, 1e-3))
     compliance_a = control(
-        "SENS:CURR:COMP?", "SENS:CURR:COMP {:.6g}", "current compliance",
+        "SENS:CURR:COMP?", "SENS:CURR:COMP {}", "current compliance",
         units="A", validator=in_range(1e-6, 0.1))
     averages = control(
         "SENS:AVER:COUN?", "SENS:AVER:COUN {:d}", "readings averaged per read or inference",

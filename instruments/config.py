@@ -148,7 +148,7 @@ class StationConfig(_Model):
         ]
         for key, value, limit_key, limit in checks:
             if value > limit:
-                raise ValueError(f"{key} = {value:g} exceeds {limit_key} = {limit:g}")
+                raise ValueError(f"{key} = {value} exceeds {limit_key} = {limit}")
         return self
 
 

@@ -36,7 +36,7 @@ class SafetyPolicy:
             raise SafetyViolation(f"{setting} = {value!r} is not a valid non-negative number")
         if value > limit:
             raise SafetyViolation(
-                f"{setting} = {value:g} exceeds the station's safety limit {limit:g}; "
+                f"{setting} = {value} exceeds the station's safety limit {limit}; "
                 "nothing was sent")
 
     def check_settings(self, settings: dict[str, float]) -> None:

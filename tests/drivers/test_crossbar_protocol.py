@@ -90,6 +90,20 @@ def test_settings_get_and_set() -> None:
         assert xbar.in_contact is True
 
 
+def test_settings_are_sent_exactly_as_given() -> None:
+    """No rounding on the wire: 1.1999999 V rounded to 6 digits is 1.2 V, which a guard whose
+    limit is 1.1999999 V refuses (a valid station file failed mid-die)."""
+    guarded: list[tuple[str, float]] = []
+    with expected_protocol(
+        CrossbarTester, [*CONNECT, *checked("SOUR:PULS:AMPL 1.1999999"),
+                         *checked("SOUR:PULS:WIDT 1.2345678e-07")],
+        guard=lambda setting, value: guarded.append((setting, value)),
+    ) as xbar:
+        xbar.pulse_amplitude_v = 1.1999999
+        xbar.pulse_width_s = 1.2345678e-7
+    assert guarded == [("pulse_amplitude_v", 1.1999999), ("pulse_width_s", 1.2345678e-07)]
+
+
 @pytest.mark.parametrize(
     ("name", "value", "allowed", "units"),
     [
