@@ -24,6 +24,21 @@ class DieIndex(NamedTuple):
     row: int
 
 
+def die_index(die: object) -> DieIndex:
+    """`die` (a DieIndex, or any pair of integers: a list, numpy ints) as a DieIndex;
+    TypeError for anything else (int(2.9) would move to another die; a 5,000-digit int
+    cannot be sent), so a die compares equal to the position the prober reads back."""
+    try:
+        col, row = die  # type: ignore[misc]
+    except (TypeError, ValueError):
+        col = row = None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+               and abs(int(v)) < MAX_DIE_INDEX for v in (col, row)):
+        raise TypeError(f"die index must be two integers below {MAX_DIE_INDEX:,} in "
+                        f"magnitude, got {shown_value(die)}")
+    return DieIndex(int(col), int(row))  # type: ignore[arg-type]
+
+
 class Prober(Closes, ABC):
     """The verbs a wafer sweep needs from any probe station."""
 
@@ -153,13 +168,8 @@ class VeloxProber(Session, Prober):
         return self._step("StepNextDie")
 
     def goto_die(self, die: DieIndex) -> DieIndex:
-        col, row = die
-        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                   and abs(int(v)) < MAX_DIE_INDEX for v in (col, row)):
-            # int(2.9) would move to another die; a 5,000-digit int cannot be sent
-            raise TypeError(f"die index must be two integers below {MAX_DIE_INDEX:,} in "
-                            f"magnitude, got {shown_value(die)}")
-        command = f"StepNextDie {int(col)} {int(row)}"
+        col, row = die_index(die)
+        command = f"StepNextDie {col} {row}"
         return self._die(command, self._data(command))
 
     def contact(self) -> None:

@@ -26,7 +26,7 @@ from drivers.errors import (
     ProberError,
     ReplyError,
 )
-from drivers.prober import DieIndex, Prober, VeloxProber
+from drivers.prober import DieIndex, Prober, VeloxProber, die_index
 
 from .config import StationConfig
 from .interrupts import signals_deferred
@@ -313,7 +313,9 @@ class Station:
 
     @contextmanager
     def at_die(self, die: DieIndex) -> Iterator[None]:
-        """Contact `die` for the duration of the block; separate and output off afterwards."""
+        """Contact `die` for the duration of the block; separate and output off afterwards.
+        TypeError, nothing sent, unless `die` is a pair of integers (`die_index`)."""
+        die = die_index(die)
         self._die = die
         try:
             self.retry(f"contact die {die}", lambda: self._place(die))

@@ -106,6 +106,21 @@ def test_the_chuck_is_lifted_only_once_the_output_is_off(refusals: int) -> None:
         assert moves[-1] is False and moves.count(True) == 0, moves
 
 
+def test_a_die_given_as_a_list_is_contacted_once_and_a_bad_one_sends_nothing() -> None:
+    """[1, 0] never equalled the DieIndex the prober reads back: each check counted as a link
+    fault, and 12 reconnects touched the die down 49 times before 'could not reconnect'."""
+    with Station(station_config(SMALL_WAFER)) as st:
+        moves = _chuck_moves_with_output(st)
+        with st.at_die([1, 0]):  # type: ignore[arg-type]
+            assert st.prober.position() == DieIndex(1, 0)
+        assert st.recoveries == 0 and len(moves) == 3  # separate, contact, separate
+        for bad in ([1.0, 0], [1], "10", None):
+            with pytest.raises(TypeError, match="two integers"), st.at_die(bad):  # type: ignore[arg-type]
+                pass
+        assert len(moves) == 3
+        assert_safe(st)
+
+
 class DeadTester(ScriptedFaults):
     """Every tester message times out once armed; the prober keeps answering. With
     `ctrl_c` set, the next message sent brings a Ctrl-C (SIGINT to this process)."""
