@@ -13,8 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from drivers.crossbar import CrossbarTester
 from simulated_hw import MAX_INFER_VECTORS, WaferConfig
 
 
@@ -23,7 +32,8 @@ class StationFileError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no .inf or .nan anywhere: a step of .inf made the write-verify amplitude NaN mid-die
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SimulatedInstruments(_Model):
@@ -85,6 +95,11 @@ class WaferPlan(_Model):
         return self
 
 
+#: measurement settings and the tester control each is written to
+TESTER_CONTROLS = {"read_voltage_v": "read_voltage_v", "pulse_v": "pulse_amplitude_v",
+                   "pulse_width_s": "pulse_width_s", "compliance_a": "compliance_a"}
+
+
 class MeasurementConfig(_Model):
     """Read and write settings and the defect-classification thresholds."""
 
@@ -107,6 +122,19 @@ class MeasurementConfig(_Model):
     p_ap_threshold_ohm: float = Field(8_500.0, ge=100, description="P below, AP above")
     ambiguity_band_rel: float = Field(0.05, ge=0, lt=0.5,
                                       description="re-measure cells this close to a threshold")
+
+    @field_validator("read_voltage_v", "pulse_v", "pulse_width_s", "compliance_a")
+    @classmethod
+    def _within_the_testers_range(cls, value: float, info: ValidationInfo) -> float:
+        """The tester's declared range (its driver's control), checked here rather than
+        when the setting is first sent, mid-sweep or mid-job."""
+        control = getattr(CrossbarTester, TESTER_CONTROLS[str(info.field_name)])
+        try:
+            control.validator(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"outside the tester's range, {control.validator.describe()} "
+                             f"{control.units}") from None
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> MeasurementConfig:

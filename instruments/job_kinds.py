@@ -272,8 +272,15 @@ def _write_config(config: StationConfig, job: WriteOverrides) -> StationConfig:
     try:
         return StationConfig.model_validate(data)
     except ValidationError as err:
-        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        msgs = "; ".join(_problem(e) for e in err.errors())
         raise RejectedJobError(msgs) from None
+
+
+def _problem(error: Any) -> str:
+    """One pydantic error of a job's station settings, naming the setting if it has one."""
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    loc = ".".join(map(str, error["loc"]))
+    return f"{loc} = {error['input']!r}: {msg}" if loc else msg
 
 
 def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:

@@ -160,6 +160,11 @@ CASES = [
          EXIT_BAD_INPUT, ("measurement.pulse_v = 1.4 exceeds safety.max_pulse_v = 1.2",)),
     Case("limit beyond the instrument's range", _station(f"{FAST}\nsafety: {{max_pulse_v: 3}}\n"),
          EXIT_BAD_INPUT, ("safety.max_pulse_v: Input should be less than or equal to 2",)),
+    Case("setting outside the tester's range", _station(
+        f"{FAST}\nmeasurement: {{pulse_width_s: 1.0e-12}}\n"), EXIT_BAD_INPUT,
+         ("measurement.pulse_width_s: Value error, outside the tester's range, 1e-09 to 0.001 s",)),
+    Case("infinite setting", _station(f"{FAST}\nmeasurement: {{pulse_step_v: .inf}}\n"),
+         EXIT_BAD_INPUT, ("measurement.pulse_step_v: Input should be a finite number (got inf)",)),
     Case("fault rates above one", _station(
         "instruments: {simulated: {wafer: {faults: {timeout_rate: 0.7, drop_rate: 0.7}}}}\n"),
          EXIT_BAD_INPUT, ("fault rates add up to more than 1",)),

@@ -109,6 +109,9 @@ def test_program_then_infer(c: Client) -> None:
     ({"kind": "measure", "die": [7, 7]}, "not on the wafer map"),
     ({"kind": "program", "die": [0, 0], "targets": encode_array(np.zeros((100, 200), np.uint8)),
       "pulse_v": 1.4}, "pulse_v = 1.4 exceeds safety.max_pulse_v = 1.2"),
+    # below the tester's range: accepted before, then failed with the die in contact
+    ({"kind": "program", "die": [0, 0], "targets": encode_array(np.zeros((100, 200), np.uint8)),
+      "pulse_width_s": 1e-12}, "pulse_width_s = 1e-12: outside the tester's range, 1e-09 to"),
     ({"kind": "program", "die": [0, 0], "targets": encode_array(np.zeros((10, 20), np.uint8))},
      "shape (100, 200)"),
     ({"kind": "program", "die": [0, 0], "targets": encode_array(np.full((100, 200), 5, np.uint8))},
