@@ -47,14 +47,18 @@ def program_verified(station: Station, targets: np.ndarray,
                      give_up: np.ndarray | None = None) -> ProgramResult:
     """Program `targets` (0 P, 1 AP, 2 leave) with write-verify.
 
-    `give_up` marks cells known not to respond (shorts, opens): they are pulsed at most once
-    and never escalated.
+    `give_up`, a bool mask, marks cells known not to respond (shorts, opens): they are never
+    pulsed. ValueError, nothing sent, for a mask of another shape or type (numpy would take
+    0/1 integers for row indices).
     """
     m = station.config.measurement
     limit = station.config.safety.max_pulse_v
     targets = check_targets(targets, station.tester.shape)  # before anything is sent
-    if give_up is not None and np.shape(give_up) != targets.shape:
-        raise ValueError(f"give_up must have shape {targets.shape}, got {np.shape(give_up)}")
+    if give_up is not None:
+        give_up = np.asarray(give_up)
+        if give_up.dtype != np.bool_ or give_up.shape != targets.shape:
+            raise ValueError(f"give_up must be a bool mask of shape {targets.shape}, got "
+                             f"{give_up.dtype} of shape {give_up.shape}")
     addressed = targets != KEEP
     pending = targets.copy()
     if give_up is not None:

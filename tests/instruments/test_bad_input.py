@@ -317,6 +317,9 @@ def _sent(station: Station) -> tuple[int, int]:
      "targets must have shape (10, 20), got (20, 10)"),
     (lambda s: program_verified(s, np.full((10, 20), -1)), ValueError,
      "targets values must be in (0, 1, 2), got [-1]"),
+    # a 0/1 integer mask: numpy took it for row indices (rows 0-1 never programmed)
+    (lambda s: program_verified(s, np.zeros((10, 20), np.uint8), np.eye(10, 20, dtype=int)),
+     ValueError, "give_up must be a bool mask of shape (10, 20), got int64 of shape (10, 20)"),
     (lambda s: s.tester.infer(np.zeros((2, 5), np.uint8)), ValueError,
      "inputs must have shape (n >= 1, 10), got (2, 5)"),
 ])
