@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import tempfile
@@ -67,6 +68,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{path}: a folder, not an IDX file") from None
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise DatasetError(f"{path}: corrupt gzip data ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
@@ -75,7 +78,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if ndim == 0 or len(raw) < 4 + 4 * ndim:
         raise DatasetError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    expected = int(np.prod(dims)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow to a small size
     body = raw[4 + 4 * ndim :]
     if len(body) != expected:
         raise DatasetError(f"{path}: IDX header declares shape {dims} ({expected} bytes), file "
@@ -100,8 +103,9 @@ def load_mnist(folder: str | Path) -> Dataset:
         ipath = _find(folder, f"{prefix}-images-idx3-ubyte")
         lpath = _find(folder, f"{prefix}-labels-idx1-ubyte")
         images, labels = read_idx(ipath), read_idx(lpath)
-        if images.ndim != 3:
-            raise DatasetError(f"{ipath}: expected 3-D images, got shape {images.shape}")
+        if images.ndim != 3 or 0 in images.shape[1:]:
+            raise DatasetError(f"{ipath}: expected 3-D images of at least one pixel, got "
+                               f"shape {images.shape}")
         if images.dtype != np.uint8:  # MNIST's pixels are bytes; others would not scale by 255
             raise DatasetError(f"{ipath}: expected unsigned-byte pixels (IDX type 0x08), got "
                                f"{images.dtype}")
@@ -178,6 +182,9 @@ def load_digits_dataset(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     """scikit-learn's handwritten digits (1,797 real 8x8 images, shipped offline), split by seed."""
     from sklearn.datasets import load_digits
 
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1 (exclusive), got "
+                         f"{test_fraction}")
     d = load_digits()
     x = d.images.astype(np.float32) / 16.0
     y = d.target.astype(np.int64)
@@ -195,8 +202,11 @@ def preprocess(images: np.ndarray, side: int = 10, threshold: float = 0.3) -> np
     Returns float32 (n, side * side) in {0, 1}: read voltage on (1) or off (0) per row.
     """
     x = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    if x.ndim != 3:
-        raise DatasetError(f"images must be (n, h, w), got shape {tuple(x.shape)}")
+    if x.ndim != 3 or 0 in x.shape[1:]:
+        raise DatasetError(f"images must be (n, h, w) with h, w >= 1, got shape "
+                           f"{tuple(x.shape)}")
+    if side < 1:
+        raise ValueError(f"the input side must be at least 1 pixel, got {side}")
     x = x[:, None]
     if x.shape[-1] >= side and x.shape[-2] >= side:
         x = F.adaptive_avg_pool2d(x, side)

@@ -16,7 +16,7 @@ from enum import IntEnum
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class CellDefect(IntEnum):
@@ -56,8 +56,9 @@ class DefectMap:
 
     def __post_init__(self) -> None:
         kinds = np.asarray(self.kinds)
-        if kinds.ndim != 2:
-            raise ValueError(f"DefectMap kinds must be 2-D (rows, cols), got shape {kinds.shape}")
+        if kinds.ndim != 2 or not kinds.size:
+            raise ValueError(f"DefectMap kinds must be 2-D (rows, cols) with at least one "
+                             f"cell, got shape {kinds.shape}")
         if kinds.dtype.kind not in "iub":  # a float NaN or 1.5 would cast to a valid code
             raise ValueError(f"DefectMap kinds must be integer codes, got {kinds.dtype}")
         if kinds.size and (kinds.min() < 0 or kinds.max() > max(CellDefect)):
@@ -186,7 +187,7 @@ class DefectStatistics(BaseModel):
     draws the die's total rate from a lognormal fit instead and splits it by pooled fractions.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rows: int = Field(gt=0)
     cols: int = Field(gt=0)
@@ -207,6 +208,25 @@ class DefectStatistics(BaseModel):
     open_log_r_mean: float = Field(np.log(3e7), description="ln(ohm) of open cells")
     open_log_r_std: float = Field(1.5, ge=0)
     mode: str = Field("empirical", pattern="^(empirical|lognormal)$")
+
+    @model_validator(mode="after")
+    def _tables(self) -> DefectStatistics:
+        """Each table has one entry per defect kind (and die_rates one row per die), with
+        rates in [0, 1]: a statistics file edited by hand fails here, not inside a sampler."""
+        kinds = len(DEFECT_KINDS)
+        for name in ("rate_mean", "rate_std", "line_kind_fractions"):
+            if len(getattr(self, name)) != kinds:
+                raise ValueError(f"{name} needs {kinds} values (short, open, stuck-P, "
+                                 f"stuck-AP), got {len(getattr(self, name))}")
+        if not self.die_rates or any(len(r) != kinds for r in self.die_rates):
+            raise ValueError(f"die_rates needs at least one row of {kinds} rates")
+        rates = [*self.rate_mean, *(v for r in self.die_rates for v in r)]
+        if any(not 0 <= v <= 1 for v in (*rates, *self.line_kind_fractions)):
+            raise ValueError("rates and line_kind_fractions must lie in [0, 1]")
+        if (self.failed_rows_per_die or self.failed_cols_per_die) \
+                and sum(self.line_kind_fractions) <= 0:
+            raise ValueError("failed lines need line_kind_fractions that do not all vanish")
+        return self
 
     # ---- fitting --------------------------------------------------------------------------
     @classmethod
@@ -295,6 +315,8 @@ class DefectStatistics(BaseModel):
         """
         if n < 0:
             raise ValueError(f"cannot sample {n} maps")
+        if not 0 <= scale < float("inf"):  # NaN fails this too
+            raise ValueError(f"the rate scale must be a finite number >= 0, got {scale}")
         g = _make_generator(seed, generator)
         n_cells = self.rows * self.cols
         rates = (self._die_rates(n, g) * scale).clamp(max=1.0)  # (n, 4)

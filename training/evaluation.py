@@ -24,7 +24,13 @@ from .mapping import (
     readout_correction,
     reliable_outputs,
 )
-from .network import BinaryNetwork, NetworkConfig, combine_copies, shared_weights
+from .network import (
+    BinaryNetwork,
+    NetworkConfig,
+    check_samples,
+    combine_copies,
+    shared_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,7 @@ def error_rates(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tenso
                 chunk: int = 4096) -> np.ndarray:
     """Error (percent) for each die/replica: weights (1 or D, n_in, n_out), cells (D or None);
     the network's dense forward pass, in chunks of samples."""
+    check_samples(x, y, net_config, "evaluation data")
     net = _network_for(weights, net_config)
     wrong = torch.zeros(())
     for i in range(0, len(x), chunk):
@@ -219,6 +226,7 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
     anything else runs the network's dense forward pass. Both give the same result.
     """
     check_readout(layout, net_config)
+    check_samples(x, y, net_config, "evaluation data")
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
     devs = dies_deviations(layout, cells) if shared and len(weights) == 2 else None

@@ -178,7 +178,13 @@ def cells_from_resistance(resistance_ohm: np.ndarray | torch.Tensor) -> ArrayCel
     if r.ndim != 3:
         raise ValueError(f"resistance array must be (rows, cols) or (D, rows, cols), got "
                          f"{tuple(r.shape)}")
-    g = 1.0 / r.clamp_min(1e-3)
+    bad = ~(r > 0)  # NaN too
+    if bool(bad.any()):
+        where = tuple(int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"a read-back resistance must be > 0 ohm (inf for an open cell); "
+                         f"{int(bad.sum())} cell(s) are not, first at (die, row, col) {where}: "
+                         f"{float(r[where])}")
+    g = 1.0 / r
     return ArrayCells(g, g.clone())
 
 
@@ -516,7 +522,8 @@ class ArrayLayout:
         """Per layer, the cells whose conductances differ from nominal, as additive
         corrections. None when more than `max_density` of the array's cells deviate (e.g.
         per-device variation): use `layer_cells` then. Cost grows with the number of defects,
-        not of cells per die."""
+        not of cells per die. None too when a deviation is so large (a measured resistance
+        of a few ohms) that sums in float32 would no longer be exact (`exact_sums`)."""
         if cells.shape != (self.rows, self.cols):
             raise ValueError(f"conductances of shape {cells.shape} for a {self.rows} x "
                              f"{self.cols} layout")
@@ -528,7 +535,8 @@ class ArrayLayout:
         if float(off.float().mean()) > max_density:
             return None
         die, flat = off.nonzero(as_tuple=True)
-        return self._deviations(n, die, flat, gp[die, flat], gap[die, flat])
+        devs = self._deviations(n, die, flat, gp[die, flat], gap[die, flat])
+        return devs if all(d.exact_sums() for d in devs) else None
 
     def _deviations(self, n: int, die: torch.Tensor, flat: torch.Tensor, g_p: torch.Tensor,
                     g_ap: torch.Tensor) -> list[SparseLayerDeviation]:
@@ -546,8 +554,8 @@ class ArrayLayout:
         order_np = np.concatenate(groups)  # unused cells dropped
         cell = flat_np[order_np]
         order = torch.from_numpy(order_np)
-        reps = torch.tensor([float(lp.replicas) for lp in self.layers])
-        scale = torch.from_numpy(np.repeat((1.0 / (dev.unit_s * reps)).numpy(), counts))
+        scales = np.array([layer_scale(dev, lp.replicas) for lp in self.layers], np.float32)
+        scale = torch.from_numpy(np.repeat(scales, counts))
         g_p_at = g_p.index_select(0, order)
         g_ap_at = g_p_at if g_ap is g_p else g_ap.index_select(0, order)  # sampled: g_p = g_ap
         dgp = device_deviation(g_p_at, dev.g_p_s, scale)
@@ -855,6 +863,15 @@ class SparseLayerDeviation:
     dc: torch.Tensor
     de: torch.Tensor
 
+    def exact_sums(self) -> bool:
+        """Whether every column's partial sums stay within `EXACT_UNITS`, so that the sparse
+        and dense paths add the same quantized terms to the same float32 results."""
+        key = self.die * self.n_out + self.col
+        size = self.da.abs() + self.db.abs() + self.dc.abs() + self.de.abs()
+        worst = torch.zeros(self.n * self.n_out).index_add_(0, key, size).max() \
+            if key.numel() else torch.zeros(())
+        return float(worst) + 3 * self.n_in <= EXACT_UNITS  # nominal |a| + |b| = 3 per row
+
     def dense(self) -> LayerCells:
         """The same deviations as dense `LayerCells`. (On 1-D CPU tensors scatter_add_ adds
         in index order, as index_add_ does, but costs less per entry.)"""
@@ -870,6 +887,18 @@ class SparseLayerDeviation:
 #: conductances are exact in float32 whatever the summation order: the dense forward pass and the
 #: sparse evaluation paths agree bit for bit, and an output that is exactly zero reads as off.
 QUANTUM_UNITS = 2.0 ** -10
+#: a bound on any column's partial sums (weight units) for that exactness: float32 holds
+#: 2^24 quanta exactly, half of which is kept in reserve. Measured resistances of kilo-ohms
+#: stay far below it (a short is ~9 units); one of a few ohms does not.
+EXACT_UNITS = 2.0 ** 13
+
+
+def layer_scale(device: DeviceModel, replicas: int) -> float:
+    """Weight units per siemens of one device in a layer with `replicas` row replicas. One
+    function for the dense and sparse paths: computed in float32 from a float32 `unit_s`
+    instead (as the sparse path once did), it rounded 0.07 % of measured devices to
+    another quantum, and the two paths disagreed."""
+    return 1.0 / (device.unit_s * replicas)
 
 
 def device_deviation(g_s: torch.Tensor, nominal_s: float, scale: float | torch.Tensor
@@ -901,7 +930,7 @@ def extract_layer(cells: ArrayCells, lp: LayerPlacement, device: DeviceModel) ->
     plus, minus = lp.flat_index(cols)
     gp, gap = cells.g_p.reshape(n, rows * cols), cells.g_ap.reshape(n, rows * cols)
     shape = (n, *plus.shape)
-    scale = 1.0 / (device.unit_s * lp.replicas)
+    scale = layer_scale(device, lp.replicas)
     terms = [torch.zeros(()) for _ in range(4)]
     for flat, side in ((plus, 1), (minus, -1)):
         f = flat.reshape(-1)
@@ -953,9 +982,14 @@ def cells_from_sparse(defects: SparseDefects, device: DeviceModel) -> ArrayCells
 
 
 def check_readout(layout: ArrayLayout | Sequence[ArrayLayout], net: NetworkConfig) -> None:
-    """Raise unless every layout reads its pairs as the network does (one code path)."""
+    """Raise unless every layout holds the network's layers and output copies and reads its
+    pairs as the network does (one code path)."""
     want = (net.readout, net.readout_tol, net.output_reads)
     for lo in [layout] if isinstance(layout, ArrayLayout) else layout:
+        if (lo.sizes, lo.output_copies) != (tuple(net.sizes), net.output_copies):
+            raise ValueError(f"the layout holds a network of sizes {lo.sizes} with "
+                             f"{lo.output_copies} output copies, the weights' network has "
+                             f"sizes {tuple(net.sizes)} with {net.output_copies}")
         if (lo.readout, lo.readout_tol, lo.output_reads) != want:
             raise ValueError(f"layout read-out {lo.readout!r} (tol {lo.readout_tol}, "
                              f"{lo.output_reads} output reads) differs from the network's "

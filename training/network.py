@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,8 +39,8 @@ class NetworkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    sizes: tuple[int, ...] = Field((100, 90, 10), min_length=2,
-                                   description="inputs, hidden..., classes")
+    sizes: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (100, 90, 10), min_length=2, description="inputs, hidden..., classes")
     output_copies: int = Field(1, ge=1, description="redundant copies of each output neuron")
     copy_combine: str = Field("mean", pattern="^(mean|median)$")
     ste_window: float = Field(0.5, gt=0, description="hidden STE window, units of sqrt(n_in)")
@@ -59,6 +60,24 @@ class NetworkConfig(BaseModel):
     def physical_sizes(self) -> tuple[int, ...]:
         """Layer widths on the chip (output copies included)."""
         return (*self.sizes[:-1], self.sizes[-1] * self.output_copies)
+
+
+def check_samples(x: torch.Tensor, y: torch.Tensor, config: NetworkConfig,
+                  what: str = "data") -> None:
+    """Raise ValueError, naming the shapes, unless x is (n >= 1, inputs) and y holds n labels
+    of the network's classes: caught here, not as a shape error deep inside torch (or, for
+    labels out of range, not at all: they counted as errors)."""
+    n_in, classes = config.sizes[0], config.sizes[-1]
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != n_in:
+        raise ValueError(f"{what}: inputs must have shape (n >= 1, {n_in}) for the network, "
+                         f"got {tuple(x.shape)}")
+    if tuple(y.shape) != (x.shape[0],):
+        raise ValueError(f"{what}: {x.shape[0]} inputs need {x.shape[0]} labels, got labels "
+                         f"of shape {tuple(y.shape)}")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise ValueError(f"{what}: labels span {low}..{high}, the network has {classes} classes "
+                         f"(labels 0..{classes - 1})")
 
 
 def within(z: torch.Tensor, width: float) -> torch.Tensor:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 from .mapping import ArrayCells, ArrayLayout, LayerPlacement, extract_layer
-from .network import NetworkConfig, combine_copies, shared_weights
+from .network import NetworkConfig, check_samples, combine_copies, shared_weights
 
 
 class PlacementConfig(BaseModel):
@@ -114,6 +114,7 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
     n_in, n_hidden, n_out = l1.n_in, l1.n_out, l2.n_out
     rep2 = l2.replicas
     x, y = x[:config.max_samples], y[:config.max_samples]
+    check_samples(x, y, net_config, "placement sample")
     n_pairs = layout.cols // 2
     if n_hidden + n_out > n_pairs:
         raise ValueError(f"{n_hidden} hidden + {n_out} output pairs exceed {n_pairs} pairs")

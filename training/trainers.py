@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .datasets import BinaryData
 from .defects import DefectStatistics
 from .mapping import ArrayCells, ArrayLayout, LayerCells, check_readout, dies_layers
-from .network import BinaryNetwork, NetworkConfig
+from .network import BinaryNetwork, NetworkConfig, check_samples
 
 
 class TrainConfig(BaseModel):
@@ -210,11 +210,6 @@ def train_sat(data: BinaryData, layout: ArrayLayout, stats: DefectStatistics,
 
 
 def _check_inputs(data: BinaryData, net_config: NetworkConfig) -> None:
-    if data.n_inputs != net_config.sizes[0]:
-        raise ValueError(f"data has {data.n_inputs} inputs, the network expects "
-                         f"{net_config.sizes[0]}")
-    classes = net_config.sizes[-1]
-    for part, y in (("training", data.y_train), ("test", data.y_test)):
-        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
-            raise ValueError(f"{part} labels span {int(y.min())}..{int(y.max())}, the network "
-                             f"has {classes} classes (labels 0..{classes - 1})")
+    check_samples(data.x_train, data.y_train, net_config, "training data")
+    if len(data.y_test):
+        check_samples(data.x_test, data.y_test, net_config, "test data")

@@ -66,6 +66,26 @@ def test_bad_idx_files(tmp_path: Path) -> None:
         read_idx(corrupt)
     with pytest.raises(DatasetError, match="not found"):
         read_idx(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="a folder, not an IDX file"):  # was "corrupt gzip"
+        read_idx(tmp_path)
+    huge = tmp_path / "huge"  # 2^32-1 cubed bytes: np.prod wrapped round to a small size
+    huge.write_bytes(struct.pack(">BBBB3I", 0, 0, 0x08, 3, *[2**32 - 1] * 3) + b"\0" * 8)
+    with pytest.raises(DatasetError, match=r"huge: IDX header declares shape"):
+        read_idx(huge)
+
+
+def test_degenerate_images_and_settings_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "flat").mkdir()
+    write_mnist(tmp_path / "flat")
+    (tmp_path / "flat" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros((30, 0, 0)))))
+    with pytest.raises(DatasetError, match=r"train-images.*at least one pixel.*\(30, 0, 0\)"):
+        load_mnist(tmp_path / "flat")
+    with pytest.raises(ValueError, match="side must be at least 1 pixel, got 0"):
+        preprocess(np.zeros((2, 8, 8)), side=0)
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="test_fraction must be between 0 and 1"):
+            load_digits_dataset(test_fraction=fraction)
 
 
 def test_label_image_mismatch(tmp_path: Path) -> None:

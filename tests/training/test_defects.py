@@ -116,3 +116,24 @@ def test_statistics_json_roundtrip(small_maps: list[DefectMap]) -> None:
     st = DefectStatistics.fit(small_maps)
     again = DefectStatistics.model_validate_json(st.model_dump_json())
     assert again == st
+
+
+def test_unusable_maps_and_statistics_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one cell, got shape"):
+        DefectMap(np.zeros((0, 5), np.int8))  # fit() divided by zero on it
+    stats = DefectStatistics.fit([random_map(rows=10, cols=10, rate=0.05, seed=0)])
+    data = stats.model_dump()
+    for change, message in (
+            ({"die_rates": []}, "die_rates needs at least one row of 4 rates"),
+            ({"die_rates": [[0.1, 0.0]]}, "die_rates needs at least one row of 4 rates"),
+            ({"line_kind_fractions": [1.0]}, "line_kind_fractions needs 4 values"),
+            ({"rate_mean": [0.1, 0.0, 0.0]}, "rate_mean needs 4 values"),
+            ({"die_rates": [[-0.1, 0.0, 0.0, 0.0]]}, r"must lie in \[0, 1\]"),
+            ({"failed_rows_per_die": 1.0, "line_kind_fractions": [0.0] * 4},
+             "do not all vanish"),
+            ({"short_log_r_mean": float("nan")}, "finite number")):
+        with pytest.raises(ValueError, match=message):
+            DefectStatistics.model_validate({**data, **change})
+    for scale in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="rate scale must be a finite number >= 0"):
+            stats.sample_sparse(2, seed=0, scale=scale)

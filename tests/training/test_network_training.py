@@ -8,7 +8,7 @@ import torch
 
 from tests.training.conftest import random_map
 from training.datasets import BinaryData
-from training.defects import CellDefect, DefectStatistics
+from training.defects import CellDefect, DefectMap, DefectStatistics
 from training.evaluation import (
     _deviation_scores,
     error_rates,
@@ -71,8 +71,74 @@ def test_baseline_learns_and_is_seeded(toy_data: BinaryData) -> None:
     b = train_baseline(toy_data, NC, cfg, seed=3)
     assert all(torch.equal(u, v) for u, v in zip(a.weights, b.weights, strict=True))
     assert software_error(a.weights, toy_data.x_test, toy_data.y_test, NC) < 30  # chance: 67
-    with pytest.raises(ValueError, match="16 inputs"):
+    with pytest.raises(ValueError, match=r"shape \(n >= 1, 10\) for the network, got \(\d+, 16"):
         train_baseline(toy_data, NetworkConfig(sizes=(10, 4, 3)), cfg)
+
+
+@pytest.mark.parametrize("replicas", [1, 3, 6])
+def test_both_paths_quantize_a_measured_device_alike(replicas: int) -> None:
+    """With 3 row replicas the sparse path once rounded 1/(unit x replicas) in float32, the
+    dense path in double: a short measured at 1141.0001 ohm then read 2.1729 on one path and
+    2.1719 on the other, and the die's error was 100 % on one, 0 % on the other."""
+    nc = NetworkConfig(sizes=(1, 1, 2))
+    lay = ArrayLayout.default((1, 1, 2), rows=6, cols=40, row_replicas=[1, replicas])
+    kinds, r = np.zeros((6, 40), np.int8), np.zeros((6, 40), np.float32)
+    kinds[0, 2], r[0, 2] = CellDefect.SHORT, 1141.0001220703125  # class 0's plus device
+    kinds[0, 4], r[0, 4] = CellDefect.SHORT, 1141.0  # class 1's
+    cells = cells_from_defect_maps([DefectMap(kinds, r)], lay.device)
+    w = [torch.ones(1, 1), -torch.ones(1, 2)]
+    x, y = torch.ones(1, 1), torch.zeros(1, dtype=torch.long)
+    dense = BinaryNetwork(nc)
+    dense.load_binary(w)
+    assert torch.equal(_deviation_scores(w, x, dies_deviations(lay, cells), nc),
+                       dense(x, dies_layers(lay, cells)))
+    np.testing.assert_array_equal(evaluate_on_dies(w, x, y, lay, cells, nc).per_die,
+                                  error_rates(w, x, y, nc, dies_layers(lay, cells)))
+
+
+def test_resistances_of_ohms_take_the_dense_path() -> None:
+    """Shorts read at fractions of an ohm (thousands of weight units) would make float32 sums
+    inexact: the sparse path declines them, so both evaluations give the dense result."""
+    kw = {"output_copies": 2, "copy_combine": "median", "readout": "common_mode",
+          "output_reads": 3}
+    nc = NetworkConfig(sizes=(7, 9, 2), **kw)
+    lay = ArrayLayout.default((7, 9, 2), rows=16, cols=44, row_replicas=[2, 1], **kw)
+    kinds, r = np.zeros((16, 44), np.int8), np.zeros((16, 44), np.float32)
+    kinds[[0, 3, 5, 8], 20] = CellDefect.SHORT
+    r[[0, 3, 5, 8], 20] = [0.559, 0.0508, 0.060, 0.263]
+    cells = cells_from_defect_maps([DefectMap(kinds, r)], lay.device)
+    assert dies_deviations(lay, cells) is None
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(64, 7, generator=g) > 0.5).float(), torch.randint(0, 2, (64,), generator=g)
+    w = [torch.where(torch.rand(7, 9, generator=g) > 0.5, 1.0, -1.0),
+         torch.where(torch.rand(9, 4, generator=g) > 0.5, 1.0, -1.0)]
+    np.testing.assert_array_equal(evaluate_on_dies(w, x, y, lay, cells, nc).per_die,
+                                  error_rates(w, x, y, nc, dies_layers(lay, cells)))
+    r[[0, 3, 5, 8], 20] = 1150.0
+    assert dies_deviations(lay, cells_from_defect_maps([DefectMap(kinds, r)], lay.device))
+
+
+def test_evaluation_and_placement_name_bad_shapes() -> None:
+    """Each was a shape error from deep inside torch (or, for labels beyond the classes and a
+    layout of another network without defects, a silent 100 % or 0 %)."""
+    nc = NetworkConfig(sizes=(16, 6, 3))
+    cells = cells_from_defect_maps([random_map(rows=20, cols=40, rate=0.02, seed=0)],
+                                   LAYOUT.device)
+    lay = ArrayLayout.default((16, 6, 3), rows=20, cols=40)
+    w = [torch.ones(16, 6), torch.ones(6, 3)]
+    x, y = torch.ones(4, 16), torch.zeros(4, dtype=torch.long)
+    for xx, yy, message in (
+            (torch.ones(4, 15), y, r"inputs must have shape \(n >= 1, 16\).*got \(4, 15\)"),
+            (x[:0], y[:0], r"got \(0, 16\)"),
+            (x, y[:3], r"4 inputs need 4 labels, got labels of shape \(3,\)"),
+            (x, y + 7, r"labels span 7..7, the network has 3 classes")):
+        with pytest.raises(ValueError, match=message):
+            evaluate_on_dies(w, xx, yy, lay, cells, nc)
+        with pytest.raises(ValueError, match=message):
+            place(w, cells, lay, xx, yy, nc)
+    other = ArrayLayout.default((16, 5, 3), rows=20, cols=40)
+    with pytest.raises(ValueError, match=r"layout holds a network of sizes \(16, 5, 3\)"):
+        evaluate_on_dies(w, x, y, other, cells, nc)
 
 
 def _shorted_output_maps(n: int) -> list:
@@ -170,7 +236,7 @@ def test_placement_avoids_shorted_output_column(toy_data: BinaryData) -> None:
 
 def test_labels_beyond_the_networks_classes_are_refused(toy_data: BinaryData) -> None:
     net = NetworkConfig(sizes=(toy_data.n_inputs, 8, 2))  # toy labels are 0..2
-    with pytest.raises(ValueError, match=r"training labels span 0\.\.\d, the network has 2 "
+    with pytest.raises(ValueError, match=r"training data: labels span 0\.\.\d, the network has 2 "
                                          r"classes"):
         train_baseline(toy_data, net, TrainConfig(epochs=1))
 
