@@ -114,6 +114,23 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text)
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= minimum (argparse names the option when it fails:
+    `argument --seed: expected a whole number of at least 0, got '-1'`)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
+
+
 def add_command(sub: argparse._SubParsersAction, name: str,
                 fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
     """A subcommand that runs `fn` and accepts -q/--quiet after its name too."""
@@ -136,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "closed loop on the simulated wafer: measure, train, program, infer")
     sp.add_argument("--out", default="out", help="output folder (default: out)")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=at_least(0), default=0)
     sp.add_argument("--data-dir", default=None, help="MNIST IDX folder (default: embedded set)")
     sp.add_argument("--small", action="store_true", help="a quick, reduced configuration")
 
@@ -149,13 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train", cmd_train, "train on the measured maps of the store's latest sweep")
     sp.add_argument("--store", required=True)
     sp.add_argument("--method", required=True, choices=["baseline", "hat", "sat"])
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=at_least(0), default=0)
     sp.add_argument("--data-dir", default=None, help="MNIST IDX folder (default: embedded set)")
     sp.add_argument("--small", action="store_true", help="a quick, reduced training schedule")
 
     sp = add("evaluate", cmd_evaluate, "evaluate the store's trained weights on measured dies")
     sp.add_argument("--store", required=True)
-    sp.add_argument("--seed", type=int, default=None,
+    sp.add_argument("--seed", type=at_least(0), default=None,
                     help="data split of the training (default: the stored one)")
     sp.add_argument("--data-dir", default=None)
 

@@ -18,6 +18,7 @@ from training.experiment import METHODS, ExperimentConfig, train_all
 from training.sensitivity import loss_distribution
 
 from .config import StationConfig
+from .locking import hold_exclusively
 from .loop import DieInference, load_measurements, program_and_infer, summarize
 from .offline import WHOLE_RUN, report_from_store
 from .progress import EpochBars, bar, say
@@ -40,20 +41,28 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
              small: bool = False) -> dict[str, Any]:
     """Run the closed loop; writes out/summary.json, out/report.md, plots and the run store."""
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    store_path = out / "run.sqlite"
-    _replaceable(store_path)
-    for suffix in ("", "-wal", "-shm"):
-        Path(str(store_path) + suffix).unlink(missing_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; the demo writes a folder of results")
+    # all that can refuse the input comes first: nothing in `out` is touched before
     config = demo_station(seed, dies=6 if small else None)
     exp_config = ExperimentConfig.small() if small else ExperimentConfig()
     data = load_default(data_dir, seed=seed)
-    with RunStore(store_path) as store, Station(config) as station:
-        run_id = start_run(store, station, config, DEMO_KIND, {"training": seed})
-        with store.status_kept(run_id):
-            summary = _run(store, station, run_id, data, data_dir, exp_config, seed, small,
-                           quiet, t0)
-    report_from_store(store_path, out)
+    out.mkdir(parents=True, exist_ok=True)
+    held = hold_exclusively(out / ".demo.lock")  # a second demo would delete this one's store
+    if held is None:
+        raise ValueError(f"{out}: another demo is writing there; wait for it to end or "
+                         "choose another --out")
+    with held:
+        store_path = out / "run.sqlite"
+        _replaceable(store_path)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(store_path) + suffix).unlink(missing_ok=True)
+        with RunStore(store_path) as store, Station(config) as station:
+            run_id = start_run(store, station, config, DEMO_KIND, {"training": seed})
+            with store.status_kept(run_id):
+                summary = _run(store, station, run_id, data, data_dir, exp_config, seed,
+                               small, quiet, t0)
+        report_from_store(store_path, out)
     if not quiet:
         print(table(summary))
         print(f"\nreport: {out / 'report.md'}  (total {summary['timing_s']['total']:.0f} s)")

@@ -8,7 +8,6 @@ marked `interrupted` and can be resumed (a sweep continues its run from the jour
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import sqlite3
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from .config import StationConfig
 from .job_kinds import (
@@ -32,6 +31,7 @@ from .job_kinds import (
     npz_bytes,
     warm_up,
 )
+from .locking import hold_exclusively
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +108,6 @@ class StoreInUseError(RuntimeError):
     """Another service holds the job queue (and so the instruments)."""
 
 
-def _hold_exclusively(path: Path) -> IO[bytes]:
-    """An open lock file held with an exclusive advisory lock until it is closed (or the
-    process ends): one service per queue, so two workers never drive the same station."""
-    handle = open(path, "ab")  # noqa: SIM115 (held open for the service's lifetime)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise StoreInUseError(f"{path}: another mtjlab service is using this job queue and "
-                              "its instruments; stop it first") from None
-    return handle
-
-
 class JobStore:
     """Jobs and their results in one SQLite file (WAL); safe to share between threads."""
 
@@ -132,7 +119,12 @@ class JobStore:
         self.max_queued = max_queued
         self.keep_finished = keep_finished
         self._lock = threading.Lock()
-        self._held = _hold_exclusively(self.path.with_name(self.path.name + ".lock"))
+        lock = self.path.with_name(self.path.name + ".lock")
+        held = hold_exclusively(lock)  # one service per queue: two workers never share a station
+        if held is None:
+            raise StoreInUseError(f"{lock}: another mtjlab service is using this job queue and "
+                                  "its instruments; stop it first")
+        self._held = held
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                       timeout=10)

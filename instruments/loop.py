@@ -38,8 +38,11 @@ class MeasuredWafer:
     def device_model(self) -> DeviceModel:
         """Nominal conductances fitted from the healthy cells of every die."""
         kinds = np.stack([m.kinds for m in self.maps])
-        return DeviceModel.fit(self.r_p_ohm, self.r_ap_ohm, kinds,
-                               v_read_v=self.read_voltage_v)
+        try:
+            return DeviceModel.fit(self.r_p_ohm, self.r_ap_ohm, kinds,
+                                   v_read_v=self.read_voltage_v)
+        except ValueError as err:
+            raise ValueError(f"sweep run {self.run_id} ({len(self.dies)} dies): {err}") from None
 
     @property
     def keys(self) -> list[str]:

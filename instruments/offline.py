@@ -145,7 +145,8 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
         epochs = bars if on_epoch is None else _both(bars, on_epoch)
         measured = _latest_measured(store)
         # the network must fit the measured array for every method: refused before training
-        setup = prepare(measured.maps, measured.device_model(), config)
+        setup = prepare(measured.maps, measured.device_model(), config,
+                        placement=method != "baseline")
         if method == "baseline":
             run_id, info, _weights = _train_baseline(store, measured, data, data_dir, seed,
                                                      config, quiet, epochs)
@@ -279,7 +280,7 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
         summary: dict[str, Any] = {
             "seed": seed, "data": data_label(data_dir), "dies": len(measured.dies),
             "baseline_error_pct": base_err, "methods": methods,
-            "source": "emulated from measured defect maps",
+            "source": "emulated from measured defect maps", "sweep_run": measured.run_id,
             "loss_std": {k: float(v.std()) for k, v in losses.items()},
         }
         run_id = store.create_run(EVALUATE_KIND, store.run_row(measured.run_id)["station_yaml"],

@@ -87,8 +87,9 @@ def plot_per_die_errors(summary: dict[str, Any], path: Path) -> None:
                label="software baseline")
     ax.set_xticks(x, dies, rotation=90, fontsize=6)
     ax.set_xlabel("die (col,row)")
-    ax.set_ylabel("test error on chip (%)")
-    ax.set_title("On-chip error per die and method")
+    source = error_source(summary)
+    ax.set_ylabel(f"test error, {source} (%)")
+    ax.set_title(f"Error per die and method ({source})")
     ax.legend(fontsize=7, ncol=5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -115,6 +116,24 @@ def plot_loss_histogram(losses: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
+def error_source(summary: dict[str, Any]) -> str:
+    """Where a summary's errors come from: the chip (the demo programs every die) or an
+    emulation from the measured maps (`mtjlab evaluate`)."""
+    return str(summary.get("source", "on chip"))
+
+
+def _what_was_run(summary: dict[str, Any]) -> str:
+    """The report's first line: seeds, dies, data and the source of the errors."""
+    if "source" in summary:  # an offline evaluation: the wafer was measured, not seeded
+        run = summary.get("sweep_run")
+        what = (f"Measured sweep{f' (run {run})' if run is not None else ''}, training seed "
+                f"{summary.get('seed')}")
+    else:
+        what = f"Wafer and training seed {summary.get('seed')}"
+    return (f"{what}, {summary.get('dies')} dies, data: {summary.get('data')}. Errors are "
+            f"test errors {error_source(summary)} (%), statistics over dies.")
+
+
 def write_report(out: Path, summary: dict[str, Any], rates: dict[str, float],
                  grid: tuple[int, int], losses: dict[str, np.ndarray] | None) -> None:
     """summary.json, report.md and the plots, each written atomically."""
@@ -130,8 +149,7 @@ def write_report(out: Path, summary: dict[str, Any], rates: dict[str, float],
     lines = [
         "# mtjlab closed-loop report",
         "",
-        f"Wafer seed {summary.get('seed')}, {summary.get('dies')} dies, data: "
-        f"{summary.get('data')}. Errors are on-chip test errors (%), statistics over dies.",
+        _what_was_run(summary),
         "",
         table(summary),
         "",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli import EXIT_FAILED, EXIT_OK
+from .cli import EXIT_FAILED, EXIT_OK, at_least
 
 KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
 
@@ -41,16 +41,6 @@ def _load_npy(path: str) -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read a .npy array: {err}") from err
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -181,7 +171,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
                          "is kept next to it as <store>.jobs.sqlite")
     sp.add_argument("--token", default=None, help="require this bearer token "
                                                   "(default: $MTJLAB_TOKEN)")
-    sp.add_argument("--keep-jobs", type=_at_least_one, default=1000, metavar="N",
+    sp.add_argument("--keep-jobs", type=at_least(1), default=1000, metavar="N",
                     help="finished jobs kept with their results (default 1000); older ones "
                          "are deleted (interrupted jobs are kept for --resume; the run "
                          "store is never pruned)")
@@ -193,7 +183,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--inputs", default=None, help="infer: .npy of binary inputs (n, n_in)")
     sp.add_argument("--pulse-v", type=float, default=None, help="program: pulse amplitude")
     sp.add_argument("--method", choices=["baseline", "hat", "sat"], default=None)
-    sp.add_argument("--seed", type=int, default=None)
+    sp.add_argument("--seed", type=at_least(0), default=None)
     sp.add_argument("--data-dir", default=None, help="train/evaluate: MNIST folder on the server")
     sp.add_argument("--resume-run", type=int, default=None, help="sweep: continue this run")
     sp.add_argument("--params", default=None, help="more parameters as a JSON object")

@@ -293,7 +293,7 @@ class RunStore:
         except BaseException as err:
             status = "interrupted" if isinstance(err, interrupted) else "failed"
             reason = str(err) if status == "interrupted" and str(err) else \
-                f"{type(err).__name__}: {err}"
+                f"{type(err).__name__}: {err}".removesuffix(": ")
             with suppress(StoreError, sqlite3.Error):
                 self.set_status(run_id, status, reason)
             raise

@@ -22,7 +22,7 @@ from .defects import DefectMap, DefectStatistics
 from .evaluation import DieErrors, evaluate_on_dies, software_error
 from .mapping import ArrayCells, ArrayLayout, DeviceModel, cells_from_defect_maps
 from .network import NetworkConfig
-from .placement import PlacementConfig, place_all
+from .placement import PlacementConfig, check_placeable, place_all
 from .trainers import (
     EpochHook,
     SATConfig,
@@ -193,8 +193,9 @@ class Setup:
 
 
 def prepare(maps: Sequence[DefectMap], device: DeviceModel,
-            config: ExperimentConfig | None = None) -> Setup:
-    """Fit the defect statistics of `maps` and lay the network out on their array."""
+            config: ExperimentConfig | None = None, placement: bool = True) -> Setup:
+    """Fit the defect statistics of `maps` and lay the network out on their array; with
+    `placement` (SAT's `placed` method, HAT's placement) check that placement can rewire it."""
     config = config or ExperimentConfig()
     if not maps:
         raise ValueError("the experiment needs at least one defect map")
@@ -203,6 +204,8 @@ def prepare(maps: Sequence[DefectMap], device: DeviceModel,
     layout = ArrayLayout.default(net.sizes, rows, cols, net.output_copies, net.copy_combine,
                                  device, readout=net.readout, readout_tol=net.readout_tol,
                                  output_reads=net.output_reads)
+    if placement:
+        check_placeable(layout)
     return Setup(DefectStatistics.fit(maps), layout, cells_from_defect_maps(maps, device))
 
 

@@ -69,6 +69,9 @@ class DeviceModel(BaseModel):
         ok = np.ones(a.shape, bool) if kinds is None else np.asarray(kinds) == CellDefect.OK
         if kinds is not None and np.shape(kinds) != a.shape:
             raise ValueError(f"kinds shape {np.shape(kinds)} differs from read-backs {a.shape}")
+        if not ok.any():
+            raise ValueError("no healthy cell to fit the device's conductances from: every "
+                             "cell was classed a defect (dies not contacted? thresholds?)")
         g_short = 1.0 / 1150.0
         if kinds is not None and (np.asarray(kinds) == CellDefect.SHORT).any():
             g_short = float(np.median(1.0 / a[np.asarray(kinds) == CellDefect.SHORT]))

@@ -84,6 +84,25 @@ def _hidden_pairs(x: torch.Tensor, s1: torch.Tensor, cells: ArrayCells, layout: 
 
 
 @torch.no_grad()
+def check_placeable(layout: ArrayLayout) -> None:
+    """Raise unless `place` can rewire this layout (checked before training, too, so a run
+    does not fail in placement after its training): two layers, one row per input in
+    layer 1, an even array width (pairs are columns 2q, 2q+1), rows and pairs enough."""
+    if len(layout.layers) != 2:
+        raise NotImplementedError("placement is implemented for two-layer networks")
+    l1, l2 = layout.layers
+    if l1.replicas != 1:
+        raise NotImplementedError("placement needs one row per input in layer 1")
+    if layout.cols % 2:
+        raise ValueError(f"placement pairs columns (2q, 2q+1): the array needs an even width, "
+                         f"it has {layout.cols} columns")
+    n_pairs = layout.cols // 2
+    if l1.n_out + l2.n_out > n_pairs:
+        raise ValueError(f"{l1.n_out} hidden + {l2.n_out} output pairs exceed {n_pairs} pairs")
+    if l1.n_out * l2.replicas > layout.rows or l1.n_in > layout.rows:
+        raise ValueError("the network needs more rows than the array has")
+
+
 def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayout,
           x: torch.Tensor, y: torch.Tensor, net_config: NetworkConfig,
           max_samples: int | None = None, config: PlacementConfig | None = None) -> ArrayLayout:
@@ -98,28 +117,19 @@ def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayou
     if max_samples is not None:  # validated as the config's own field is
         config = PlacementConfig.model_validate({**config.model_dump(),
                                                  "max_samples": max_samples})
-    if len(layout.layers) != 2:
-        raise NotImplementedError("placement is implemented for two-layer networks")
+    check_placeable(layout)
     if cells.n != 1:
         raise ValueError(f"place() takes one die's conductances, got {cells.n}")
     if cells.shape != (layout.rows, layout.cols):
         raise ValueError(f"conductances of shape {cells.shape} for a {layout.rows} x "
                          f"{layout.cols} layout")
-    if layout.cols % 2:
-        raise ValueError("placement pairs columns (2q, 2q+1): the array needs an even width")
     w1, w2 = shared_weights(weights, net_config)
     l1, l2 = layout.layers
-    if l1.replicas != 1:
-        raise NotImplementedError("placement needs one row per input in layer 1")
-    n_in, n_hidden, n_out = l1.n_in, l1.n_out, l2.n_out
+    n_hidden, n_out = l1.n_out, l2.n_out
     rep2 = l2.replicas
     x, y = x[:config.max_samples], y[:config.max_samples]
     check_samples(x, y, net_config, "placement sample")
     n_pairs = layout.cols // 2
-    if n_hidden + n_out > n_pairs:
-        raise ValueError(f"{n_hidden} hidden + {n_out} output pairs exceed {n_pairs} pairs")
-    if n_hidden * rep2 > layout.rows or n_in > layout.rows:
-        raise ValueError("the network needs more rows than the array has")
     deviation = _cell_deviation(cells, layout).numpy()  # (rows, cols)
 
     # 1. output pairs: the cleanest ones (or where the template put them)

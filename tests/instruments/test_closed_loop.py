@@ -10,9 +10,11 @@ import pytest
 
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
+from instruments.locking import hold_exclusively
 from instruments.offline import WHOLE_RUN, train_from_store
 from instruments.store import RunStore
 from tests.training.test_datasets import write_mnist
+from training.datasets import DatasetError
 from training.experiment import METHODS, ExperimentConfig
 
 STATION = """
@@ -105,6 +107,12 @@ def test_train_evaluate_report_from_a_swept_store(swept_store: Path, tmp_path: P
     out = tmp_path / "report"
     assert main(["-q", "report", "--store", store, "--out", str(out)]) == EXIT_OK
     assert json.loads((out / "summary.json").read_text()) == evaluation
+    # an emulation on the measured wafer says so (it read "Wafer seed <training seed> ...
+    # on-chip test errors"): the sweep it used, the training seed, the source
+    first_line = (out / "report.md").read_text().splitlines()[2]
+    assert first_line.startswith(f"Measured sweep (run {evaluation['sweep_run']}), training "
+                                 f"seed {evaluation['seed']}, 3 dies")
+    assert "test errors emulated from measured defect maps" in first_line
     assert (out / "loss_sensitivity.png").exists()
 
 
@@ -173,6 +181,25 @@ def test_a_network_that_does_not_fit_is_refused_before_any_training(
             update={"network": big}))
     with RunStore(swept_store, create=False) as store:
         assert len(store.runs()) == before  # nothing stored
+
+
+def test_a_demo_refused_or_busy_leaves_the_previous_demo_alone(tmp_path: Path) -> None:
+    """Bad input used to be found after the previous demo's store was deleted; a second demo
+    into the same folder deleted the first's store while it ran."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    with RunStore(out / "run.sqlite"):  # (an empty store: a demo may replace it)
+        pass
+    with pytest.raises(DatasetError, match="MNIST folder not found"):
+        run_demo(out, data_dir=str(tmp_path / "nowhere"), small=True, quiet=True)
+    assert (out / "run.sqlite").exists()
+    held = hold_exclusively(out / ".demo.lock")  # a demo at work in that folder
+    assert held is not None
+    with held, pytest.raises(ValueError, match="another demo is writing there"):
+        run_demo(out, small=True, quiet=True)
+    assert (out / "run.sqlite").exists()
+    with pytest.raises(ValueError, match="is a file; the demo writes a folder"):
+        run_demo(out / "run.sqlite", small=True, quiet=True)
 
 
 def test_the_demo_does_not_replace_a_store_holding_other_runs(swept_store: Path) -> None:

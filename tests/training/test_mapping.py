@@ -138,3 +138,6 @@ def test_device_model_fit() -> None:
     d = DeviceModel.fit(a, b, kinds)
     assert d.g_p_s == pytest.approx(1 / 6000) and d.g_ap_s == pytest.approx(1 / 12000)
     assert d.g_short_s == pytest.approx(1 / 1100)
+    # no healthy cell (dies never contacted read open everywhere): a message, not NaN
+    with pytest.raises(ValueError, match="no healthy cell to fit the device"):
+        DeviceModel.fit(a, b, np.full((4, 4), CellDefect.OPEN, np.int8))

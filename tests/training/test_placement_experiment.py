@@ -10,7 +10,7 @@ from tests.training.conftest import random_map
 from training.datasets import BinaryData
 from training.defects import CellDefect
 from training.evaluation import error_rates, evaluate_on_dies
-from training.experiment import ExperimentConfig, train_all
+from training.experiment import ExperimentConfig, prepare, train_all
 from training.mapping import ArrayLayout, DeviceModel, cells_from_defect_maps
 from training.network import NetworkConfig
 from training.placement import PlacementConfig, place
@@ -133,3 +133,13 @@ def test_train_all_and_programs(toy_data: BinaryData, small_maps) -> None:
     with pytest.raises(IndexError):
         sol.programs("hat", len(small_maps))
     assert 0 <= sol.baseline_error_pct <= 100
+
+
+def test_an_array_placement_cannot_rewire_is_refused_before_training() -> None:
+    """An odd-width array: `train --method sat` trained the baseline and SAT, then failed in
+    placement and kept nothing."""
+    config = ExperimentConfig(network=NetworkConfig(sizes=(16, 6, 3)))
+    maps = [random_map(rows=20, cols=41, rate=0.02, seed=s) for s in range(2)]
+    with pytest.raises(ValueError, match="needs an even width, it has 41 columns"):
+        prepare(maps, DeviceModel(), config)
+    assert prepare(maps, DeviceModel(), config, placement=False).layout.cols == 41
