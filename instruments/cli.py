@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", cmd_evaluate, "evaluate the store's trained weights on measured dies")
     sp.add_argument("--store", required=True)
     sp.add_argument("--seed", type=at_least(0), default=None,
-                    help="data split of the training (default: the stored one)")
+                    help="evaluate the latest runs trained with this seed (its data split; "
+                         "default: the latest runs' seed)")
     sp.add_argument("--data-dir", default=None)
 
     sp = add("report", cmd_report, "write report.md, summary.json and plots from a store")

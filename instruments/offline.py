@@ -108,15 +108,20 @@ def _stored_weights(store: RunStore, run_id: int) -> list[torch.Tensor]:
     return weights
 
 
-def _latest_trained(store: RunStore, measured: MeasuredWafer) -> dict[str, int]:
-    """The latest finished training run of each method on this sweep."""
+def _latest_trained(store: RunStore, measured: MeasuredWafer,
+                    seed: int | None = None) -> dict[str, int]:
+    """The latest finished training run of each method on this sweep (trained with `seed`,
+    if given: a later run with another seed does not hide a complete set)."""
     found: dict[str, int] = {}
     for run in store.runs():
         if run.kind != TRAIN_KIND or run.status != "finished":
             continue
         meta = store.snapshot(run.run_id)
-        if meta.get("sweep_run") == measured.run_id:
-            found[meta["method"]] = run.run_id
+        if meta.get("sweep_run") != measured.run_id or (
+                seed is not None
+                and (store.record(run.run_id, WHOLE_RUN, "train") or {}).get("seed") != seed):
+            continue
+        found[meta["method"]] = run.run_id
     return found
 
 
@@ -219,7 +224,7 @@ def _baseline_for(store: RunStore, measured: MeasuredWafer, data: BinaryData,
                   data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
                   epochs: StageEpochHook | None = None) -> tuple[list[torch.Tensor], float]:
     """The stored baseline for this sweep, data and seed, or a newly trained (and stored) one."""
-    run_id = _latest_trained(store, measured).get("baseline")
+    run_id = _latest_trained(store, measured, seed).get("baseline")
     if run_id is not None:
         info = store.record(run_id, WHOLE_RUN, "train") or {}
         stored = ExperimentConfig.model_validate(store.snapshot(run_id)["experiment"])
@@ -237,16 +242,25 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
     """Every trained method on every measured die; the summary is stored and returned.
 
     Dies are emulated from their measured defect maps and the fitted device conductances.
-    seed, data_dir: the data set and split the weights were trained on (the default); any
-    other is refused, since its test digits could be training digits.
+    seed: evaluate the latest runs trained with this seed (default: the latest runs, whose
+    seed then applies). data_dir: the data set they were trained on (the default); any other
+    set is refused, since its test digits could be training digits.
     """
     data_dir = absolute(data_dir)
     with _open(store_path) as store:
         measured = _latest_measured(store)
-        trained_runs = _latest_trained(store, measured)
-        if not trained_runs:
+        trained_runs = _latest_trained(store, measured, seed)
+        latest = _latest_trained(store, measured)
+        if not latest:
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
                              "train first ('mtjlab train' or a train job)")
+        if not trained_runs:
+            seeds = sorted({(store.record(r, WHOLE_RUN, "train") or {}).get("seed", "?")
+                            for r in latest.values()}, key=str)
+            raise ValueError(f"nothing on sweep run {measured.run_id} was trained with seed "
+                             f"{seed} (its latest runs were trained with seed "
+                             f"{', '.join(map(str, seeds))}); evaluate with a seed the weights "
+                             "were trained with (another split would test on training digits)")
         first, config = _agreed_training(store, trained_runs)
         trained_dir = absolute(first["data_dir"])
         if (seed is not None and seed != first["seed"]) or (

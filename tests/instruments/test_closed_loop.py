@@ -145,7 +145,12 @@ def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
                  "--seed", "4"]) == EXIT_OK
     # another seed would split the digits differently: test digits could be training digits
     assert main(["-q", "evaluate", "--store", store, "--seed", "0"]) == EXIT_BAD_INPUT
-    assert "trained with seed 4" in capsys.readouterr().err
+    assert "was trained with seed 0 (its latest runs were trained with seed 4)" \
+        in capsys.readouterr().err
+    # a later training with another seed does not hide the complete seed-4 set
+    assert main(["-q", "train", "--store", store, "--method", "baseline", "--small",
+                 "--seed", "5"]) == EXIT_OK
+    assert main(["-q", "evaluate", "--store", store, "--seed", "4"]) == EXIT_OK
     with RunStore(swept_store, create=False) as store_:  # a later sweep that never finished
         later = store_.create_run("sweep", store_.run_row(1)["station_yaml"], {}, "test", {})
     assert main(["-q", "evaluate", "--store", store]) == EXIT_OK
@@ -154,7 +159,7 @@ def test_evaluation_keeps_the_training_split_and_ignores_unfinished_sweeps(
             "(running)") in capsys.readouterr().err
     with RunStore(swept_store, create=False) as store_:
         summary = store_.record(store_.latest_run("evaluate"), WHOLE_RUN, "summary")
-    assert summary["seed"] == 4 and len(summary["methods"]["unaware"]["per_die"]) == 3
+    assert summary["seed"] == 5 and len(summary["methods"]["unaware"]["per_die"]) == 3  # latest
 
 
 def test_the_data_folder_is_the_same_however_it_is_named(
