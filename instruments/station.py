@@ -23,6 +23,7 @@ from drivers.errors import (
     CommunicationError,
     ConnectionLost,
     InstrumentError,
+    InstrumentTimeout,
     ProberError,
     ReplyError,
 )
@@ -332,22 +333,26 @@ class Station:
         self.prober.separate()
 
     def safe_state(self) -> None:
-        """Best effort, never raising: output off, then chuck separated, reopening the sessions
-        (without re-contacting any die) as often as recovery would. The chuck is lifted only
-        once the output is confirmed off, except after `retry.max_attempts` rounds without
-        that: a dead tester must not keep the chuck down either. A Ctrl-C or SIGTERM waits
-        until it is done."""
-        output_off = separated = False
-        attempts, patience = self._session_attempts, self.config.retry.max_attempts
+        """Best effort: output off, then chuck separated, reopening the sessions (without
+        re-contacting any die) as often as recovery would. The chuck is lifted only once the
+        output is confirmed off, unless the tester has gone silent (a timeout, or sessions
+        that cannot be reopened: a dead tester must not keep the chuck down) or
+        `max(2, retry.max_attempts)` rounds have passed. Ctrl-C and SIGTERM wait until it is
+        done (and are handled then: the only way this raises)."""
+        output_off = separated = silent = False
+        attempts = self._session_attempts
+        patience = max(2, self.config.retry.max_attempts)
         with signals_deferred():
             for attempt in range(attempts):
                 if not output_off:
-                    output_off = self._safely("output off", lambda: setattr(
+                    err = self._safely("output off", lambda: setattr(
                         self.tester, "output_enabled", False))
-                if not separated and (output_off or attempt + 1 >= patience):
+                    output_off = err is None
+                    silent = silent or isinstance(err, InstrumentTimeout)
+                if not separated and (output_off or silent or attempt + 1 >= patience):
                     if not output_off:
                         log.error("safe state: separating with the output not confirmed off")
-                    separated = self._safely("separate", self.prober.separate)
+                    separated = self._safely("separate", self.prober.separate) is None
                 if output_off and separated:
                     return
                 if attempt + 1 == attempts:
@@ -357,25 +362,29 @@ class Station:
                 try:
                     self._connect()
                 except Exception as err:
+                    silent = True
                     log.error("safe state: reconnect failed: %s", err)
             log.error("safe state not confirmed after %d attempts: %s", attempts, ", ".join(
                 name for name, done in (("output off", output_off), ("separate", separated))
                 if not done))
 
     @staticmethod
-    def _safely(name: str, action: Callable[[], object]) -> bool:
-        """action() for the safe state: True if it succeeded, else False (logged)."""
+    def _safely(name: str, action: Callable[[], object]) -> Exception | None:
+        """action() for the safe state: None if it succeeded, else its error (logged)."""
         try:
             action()
-            return True
+            return None
         except Exception as err:
             log.warning("safe state: %s: %s", name, err)
-            return False
+            return err
 
     def close(self) -> None:
-        """Safe state, then release the sessions."""
-        self.safe_state()
-        self._close_drivers()
+        """Safe state, then release the sessions (also when a signal held while making safe
+        is raised at its end)."""
+        try:
+            self.safe_state()
+        finally:
+            self._close_drivers()
 
     def __enter__(self) -> Station:
         return self

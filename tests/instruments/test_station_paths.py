@@ -93,11 +93,13 @@ def _chuck_moves_with_output(st: Station) -> list[bool]:
     return moves
 
 
-@pytest.mark.parametrize("refusals", [1, 3])
-def test_the_chuck_is_lifted_only_once_the_output_is_off(refusals: int) -> None:
+@pytest.mark.parametrize(("refusals", "max_attempts"), [(1, 4), (3, 4), (1, 1)])
+def test_the_chuck_is_lifted_only_once_the_output_is_off(refusals: int,
+                                                         max_attempts: int) -> None:
     """'OUTP OFF' refused (a -300 the tester queues, then answers the next message): the
-    safe state reopens the sessions and switches the output off again before it separates."""
-    with Station(station_config(SMALL_WAFER)) as st:
+    safe state reopens the sessions and switches the output off again before it separates,
+    with retries configured off too."""
+    with Station(station_config(SMALL_WAFER, retry={"max_attempts": max_attempts})) as st:
         moves = _chuck_moves_with_output(st)
         with pytest.raises(RuntimeError, match="mid-die"), st.at_die(DieIndex(1, 0)):
             ScriptedFaults([Rule(r"OUTP OFF", "scpi_error", times=refusals)]).install(st)
@@ -145,16 +147,31 @@ def test_a_dead_tester_does_not_keep_the_chuck_down_even_on_ctrl_c() -> None:
     lib = st.rm.visalib
     making_safe = st.safe_state
 
+    timeouts_at_making_safe: list[int] = []
+
     def safe_state_interrupted() -> None:  # the operator presses Ctrl-C while making safe
+        timeouts_at_making_safe.append(dead.counts["timeout"])
         dead.ctrl_c = True
         making_safe()
 
     st.safe_state = safe_state_interrupted  # type: ignore[method-assign]
+    timeouts_at_move: list[int] = []
+    move = devices(st)[0].write
+
+    def counted(data: bytes) -> Any:
+        timeouts_at_move.append(dead.counts["timeout"])
+        return move(data)
+
+    devices(st)[0].write = counted
     with pytest.raises(KeyboardInterrupt), st.at_die(DieIndex(1, 0)):
         dead.armed = True
+        before = dead.counts["timeout"]
         st.retry("read array", lambda: st.tester.read_array())
     assert dead.counts["timeout"] > 0
     assert not lib.prober.in_contact, "chuck left in contact"
+    # a silent tester is not waited for: one timed-out 'OUTP OFF' (its write and its error
+    # check), then the chuck is lifted (waiting for it through reconnects took many more)
+    assert timeouts_at_move[-1] - timeouts_at_making_safe[0] <= 2, (before, timeouts_at_move)
     dead.armed = False
     st.safe_state = making_safe  # type: ignore[method-assign]
     st.close()
