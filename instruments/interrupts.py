@@ -7,7 +7,6 @@ context managers do nothing; there a stop comes through `StopFlag` alone.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +39,9 @@ class StopFlag:
     def request(self) -> None:
         self._requested = True
 
+    def clear(self) -> None:
+        self._requested = False
+
     @property
     def requested(self) -> bool:
         return self._requested
@@ -64,17 +66,24 @@ def _handled(make: Callable[[int, Any], Handler | None]) -> Iterator[None]:
             signal.signal(sig, before)
 
 
-def stop_on_interrupt(flag: StopFlag | None = None) -> contextlib.AbstractContextManager[None]:
+#: set once SIGTERM has raised `Terminated`: the process is on its way out, and a further
+#: SIGTERM, caught by this handler or by an outer one, must not cut its clean-up short;
+#: cleared when the outermost block ends (a Python caller that went on lives on)
+_TERMINATING = StopFlag()
+_OPEN_BLOCKS: list[None] = []
+
+
+@contextmanager
+def stop_on_interrupt(flag: StopFlag | None = None) -> Iterator[None]:
     """SIGTERM raises `Terminated` (once: later ones are ignored, so they cannot cut the
     clean-up short). With a flag, the first Ctrl-C is a stop request and a second one
     interrupts at once; without one, Ctrl-C is left as it is (KeyboardInterrupt)."""
-    terminating: list[bool] = []
 
     def make(sig: int, previous: Any) -> Handler | None:
         if sig == signal.SIGTERM:
             def terminate(_signum: int, _frame: FrameType | None) -> None:
-                if not terminating:
-                    terminating.append(True)
+                if not _TERMINATING.requested:  # one per process, nested handlers included
+                    _TERMINATING.request()
                     raise Terminated("terminated (SIGTERM)")
             return terminate
         if flag is None:
@@ -87,7 +96,14 @@ def stop_on_interrupt(flag: StopFlag | None = None) -> contextlib.AbstractContex
             flag.request()
         return stop
 
-    return _handled(make)
+    _OPEN_BLOCKS.append(None)
+    try:
+        with _handled(make):
+            yield
+    finally:
+        _OPEN_BLOCKS.pop()
+        if not _OPEN_BLOCKS:
+            _TERMINATING.clear()
 
 
 @contextmanager

@@ -127,6 +127,22 @@ def test_sigterm_mid_die_stops_at_once_safely_and_resumes(tmp_path: Path) -> Non
         assert len(got) == 4 and all(np.array_equal(got[d], ref[d]) for d in ref)
 
 
+def test_a_second_sigterm_during_the_clean_up_is_ignored_by_every_handler() -> None:
+    """The CLI nests two handlers (every command's, the sweep's): the outer one raised again
+    on a second SIGTERM once the inner block had ended, cutting the store's close short."""
+    cleaned: list[bool] = []
+    with pytest.raises(Terminated), stop_on_interrupt():
+        try:
+            with stop_on_interrupt(StopFlag()):
+                os.kill(os.getpid(), signal.SIGTERM)
+        finally:  # the clean-up on the way out, inside the outer block
+            os.kill(os.getpid(), signal.SIGTERM)
+            cleaned.append(True)
+    assert cleaned
+    with pytest.raises(Terminated), stop_on_interrupt():  # a later block counts it again
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def test_compare_flags_lost_and_duplicated_dies() -> None:
     """The crash script's comparison is not vacuous."""
     crash = _crash_script()
