@@ -32,8 +32,7 @@ class StationFileError(ValueError):
 
 
 class _Model(BaseModel):
-    # no .inf or .nan anywhere: a step of .inf made the write-verify amplitude NaN mid-die
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid")
 
 
 class SimulatedInstruments(_Model):
@@ -95,9 +94,11 @@ class WaferPlan(_Model):
         return self
 
 
-#: measurement settings and the tester control each is written to
-TESTER_CONTROLS = {"read_voltage_v": "read_voltage_v", "pulse_v": "pulse_amplitude_v",
-                   "pulse_width_s": "pulse_width_s", "compliance_a": "compliance_a"}
+#: measurement setting -> (the tester control it is written to, the safety limit guarding it)
+TESTER_SETTINGS = {"pulse_v": ("pulse_amplitude_v", "max_pulse_v"),
+                   "pulse_width_s": ("pulse_width_s", "max_pulse_width_s"),
+                   "read_voltage_v": ("read_voltage_v", "max_read_v"),
+                   "compliance_a": ("compliance_a", "max_compliance_a")}
 
 
 class MeasurementConfig(_Model):
@@ -114,7 +115,10 @@ class MeasurementConfig(_Model):
                                   "takes in one); longer batches are split, each part "
                                   "retried on its own")
     max_write_pulses: int = Field(6, ge=1, le=50, description="write-verify attempts")
-    pulse_step_v: float = Field(0.05, ge=0, description="escalation per failed attempt")
+    # finite: a step of .inf made the write-verify amplitude NaN mid-die (elsewhere .inf can
+    # mean something, e.g. open_min_ohm: .inf classes no cell open, and stored runs hold it)
+    pulse_step_v: float = Field(0.05, ge=0, allow_inf_nan=False,
+                                description="escalation per failed attempt")
     # at least 100 ohm: an MTJ cell reads kilo-ohms even shorted (its access transistor), so a
     # smaller threshold is a value written in kilo-ohms
     short_max_ohm: float = Field(2_500.0, ge=100, description="below: shorted cell")
@@ -128,7 +132,7 @@ class MeasurementConfig(_Model):
     def _within_the_testers_range(cls, value: float, info: ValidationInfo) -> float:
         """The tester's declared range (its driver's control), checked here rather than
         when the setting is first sent, mid-sweep or mid-job."""
-        control = getattr(CrossbarTester, TESTER_CONTROLS[str(info.field_name)])
+        control = getattr(CrossbarTester, TESTER_SETTINGS[str(info.field_name)][0])
         try:
             control.validator(value)
         except (TypeError, ValueError):
@@ -165,18 +169,11 @@ class StationConfig(_Model):
 
     @model_validator(mode="after")
     def _within_limits(self) -> StationConfig:
-        m, s = self.measurement, self.safety
-        checks = [
-            ("measurement.pulse_v", m.pulse_v, "safety.max_pulse_v", s.max_pulse_v),
-            ("measurement.pulse_width_s", m.pulse_width_s, "safety.max_pulse_width_s",
-             s.max_pulse_width_s),
-            ("measurement.read_voltage_v", m.read_voltage_v, "safety.max_read_v", s.max_read_v),
-            ("measurement.compliance_a", m.compliance_a, "safety.max_compliance_a",
-             s.max_compliance_a),
-        ]
-        for key, value, limit_key, limit in checks:
+        for key, (_control, limit_key) in TESTER_SETTINGS.items():
+            value, limit = getattr(self.measurement, key), getattr(self.safety, limit_key)
             if value > limit:
-                raise ValueError(f"{key} = {value} exceeds {limit_key} = {limit}")
+                raise ValueError(f"measurement.{key} = {value} exceeds safety.{limit_key} = "
+                                 f"{limit}")
         return self
 
 

@@ -120,7 +120,12 @@ class JobStore:
         self.keep_finished = keep_finished
         self._lock = threading.Lock()
         lock = self.path.with_name(self.path.name + ".lock")
-        held = hold_exclusively(lock)  # one service per queue: two workers never share a station
+        try:  # one service per queue: two workers never share a station
+            held = hold_exclusively(lock)
+        except OSError as err:
+            raise StoreInUseError(f"{lock}: cannot lock the job queue ({err}); the service "
+                                  "needs a file system with locks, so that two services "
+                                  "never drive one station: put --store elsewhere") from None
         if held is None:
             raise StoreInUseError(f"{lock}: another mtjlab service is using this job queue and "
                                   "its instruments; stop it first")

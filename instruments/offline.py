@@ -151,7 +151,7 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
         measured = _latest_measured(store)
         # the network must fit the measured array for every method: refused before training
         setup = prepare(measured.maps, measured.device_model(), config,
-                        placement=method != "baseline")
+                        placement=method == "sat" or (method == "hat" and config.hat_placement))
         if method == "baseline":
             run_id, info, _weights = _train_baseline(store, measured, data, data_dir, seed,
                                                      config, quiet, epochs)

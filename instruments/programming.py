@@ -68,7 +68,8 @@ def program_verified(station: Station, targets: np.ndarray,
     pulse_v = m.pulse_v
     rounds = 0
     for attempt in range(m.max_write_pulses):
-        pulse_v = min(m.pulse_v + attempt * m.pulse_step_v, limit)
+        # rounded to 1 nV: 0.9 + 0.05 is 0.9500000000000001 V, 18 characters on the wire
+        pulse_v = min(round(m.pulse_v + attempt * m.pulse_step_v, 9), limit)
         station.set_pulse(pulse_v)
         try:
             station.tester.program_array(pending)

@@ -116,15 +116,18 @@ def plot_loss_histogram(losses: dict[str, np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
+ON_CHIP = "on chip"
+
+
 def error_source(summary: dict[str, Any]) -> str:
     """Where a summary's errors come from: the chip (the demo programs every die) or an
     emulation from the measured maps (`mtjlab evaluate`)."""
-    return str(summary.get("source", "on chip"))
+    return str(summary.get("source", ON_CHIP))
 
 
 def _what_was_run(summary: dict[str, Any]) -> str:
     """The report's first line: seeds, dies, data and the source of the errors."""
-    if "source" in summary:  # an offline evaluation: the wafer was measured, not seeded
+    if error_source(summary) != ON_CHIP:  # an offline evaluation: the wafer was measured
         run = summary.get("sweep_run")
         what = (f"Measured sweep{f' (run {run})' if run is not None else ''}, training seed "
                 f"{summary.get('seed')}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import SafetyLimits
+from .config import TESTER_SETTINGS, SafetyLimits
 
 
 class SafetyViolation(ValueError):
@@ -20,12 +20,9 @@ class SafetyPolicy:
 
     def limit_of(self, setting: str) -> float | None:
         """The limit guarding a driver setting, or None for a setting that applies no bias."""
-        return {
-            "pulse_amplitude_v": self.limits.max_pulse_v,
-            "pulse_width_s": self.limits.max_pulse_width_s,
-            "read_voltage_v": self.limits.max_read_v,
-            "compliance_a": self.limits.max_compliance_a,
-        }.get(setting)
+        limit_key = next((key for control, key in TESTER_SETTINGS.values()
+                          if control == setting), None)
+        return None if limit_key is None else float(getattr(self.limits, limit_key))
 
     def check(self, setting: str, value: float) -> None:
         """Raise SafetyViolation unless `value` is finite, non-negative and within the limit."""

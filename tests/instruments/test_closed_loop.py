@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
+from instruments.jobs import JobStore, StoreInUseError
 from instruments.locking import hold_exclusively
 from instruments.offline import WHOLE_RUN, train_from_store
 from instruments.store import RunStore
@@ -205,6 +208,24 @@ def test_a_demo_refused_or_busy_leaves_the_previous_demo_alone(tmp_path: Path) -
     assert (out / "run.sqlite").exists()
     with pytest.raises(ValueError, match="is a file; the demo writes a folder"):
         run_demo(out / "run.sqlite", small=True, quiet=True)
+
+
+def test_a_file_system_without_locks_is_not_taken_for_a_busy_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFS without a lock daemon fails flock with ENOLCK: that is no other demo (the demo then
+    runs with a warning), and the service refuses to start, saying why."""
+    first = hold_exclusively(tmp_path / "x.lock")
+    assert first is not None and hold_exclusively(tmp_path / "x.lock") is None  # busy
+    first.close()
+
+    def no_locks(_fd: object, _op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match="No locks available"):
+        hold_exclusively(tmp_path / "x.lock")
+    with pytest.raises(StoreInUseError, match=r"cannot lock the job queue .*No locks available"):
+        JobStore(tmp_path / "q.jobs.sqlite")
 
 
 def test_the_demo_does_not_replace_a_store_holding_other_runs(swept_store: Path) -> None:

@@ -22,6 +22,7 @@ from drivers.prober import DieIndex
 from instruments.config import StationFileError, parse_station
 from instruments.interrupts import StopFlag, signals_deferred, stop_on_interrupt
 from instruments.job_kinds import InferJob, JobContext, ProgramJob, run_infer, run_program
+from instruments.programming import program_verified
 from instruments.station import Station
 from instruments.store import RunStore
 from instruments.sweep import SweepInterrupted, run_sweep
@@ -121,6 +122,28 @@ def test_a_die_given_as_a_list_is_contacted_once_and_a_bad_one_sends_nothing() -
                 pass
         assert len(moves) == 3
         assert_safe(st)
+
+
+def test_escalated_pulse_amplitudes_go_on_the_wire_as_short_numbers() -> None:
+    """0.9 + 0.05 V is 0.9500000000000001 in floating point: 18 characters for an instrument
+    with a short input buffer; the escalation is rounded to 1 nV."""
+    with Station(station_config(SMALL_WAFER)) as st:
+        tester = devices(st)[1]
+        sent: list[str] = []
+        write = tester.write
+
+        def spy(data: bytes) -> Any:
+            if data.startswith(b"SOUR:PULS:AMPL "):
+                sent.append(data.decode().split()[1])
+            return write(data)
+
+        tester.write = spy
+        with st.at_die(DieIndex(1, 0)):
+            # every cell AP, pulsed 5 times: stuck and shorted cells never verify
+            program_verified(st, np.ones(st.tester.shape, np.uint8))
+        assert len(set(sent)) >= 4, sent  # escalated, then restored
+        assert all(len(v) <= 6 for v in sent), sent
+        assert sent[:5] == ["0.9", "0.95", "1.0", "1.05", "1.1"], sent
 
 
 class DeadTester(ScriptedFaults):

@@ -75,15 +75,19 @@ def test_baseline_learns_and_is_seeded(toy_data: BinaryData) -> None:
         train_baseline(toy_data, NetworkConfig(sizes=(10, 4, 3)), cfg)
 
 
-@pytest.mark.parametrize("replicas", [1, 3, 6])
-def test_both_paths_quantize_a_measured_device_alike(replicas: int) -> None:
+# the resistances where the float32 and double scales round a device differently (found by
+# search; with one replica the two scales agree: a control case)
+@pytest.mark.parametrize(("replicas", "ohm"), [(1, 1141.0001220703125),
+                                               (3, 1141.0001220703125),
+                                               (6, 1100.385009765625)])
+def test_both_paths_quantize_a_measured_device_alike(replicas: int, ohm: float) -> None:
     """With 3 row replicas the sparse path once rounded 1/(unit x replicas) in float32, the
     dense path in double: a short measured at 1141.0001 ohm then read 2.1729 on one path and
     2.1719 on the other, and the die's error was 100 % on one, 0 % on the other."""
     nc = NetworkConfig(sizes=(1, 1, 2))
     lay = ArrayLayout.default((1, 1, 2), rows=6, cols=40, row_replicas=[1, replicas])
     kinds, r = np.zeros((6, 40), np.int8), np.zeros((6, 40), np.float32)
-    kinds[0, 2], r[0, 2] = CellDefect.SHORT, 1141.0001220703125  # class 0's plus device
+    kinds[0, 2], r[0, 2] = CellDefect.SHORT, ohm  # class 0's plus device
     kinds[0, 4], r[0, 4] = CellDefect.SHORT, 1141.0  # class 1's
     cells = cells_from_defect_maps([DefectMap(kinds, r)], lay.device)
     w = [torch.ones(1, 1), -torch.ones(1, 2)]
