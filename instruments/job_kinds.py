@@ -28,6 +28,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 
 from drivers.prober import DieIndex
@@ -164,16 +165,80 @@ class WriteOverrides(_Job):
     max_write_pulses: int | None = Field(None, ge=1, le=50)
 
 
-class ProgramJob(WriteOverrides):
-    """Program device states (0 P, 1 AP, 2 leave) into one die with write-verify."""
+#: trained methods a program or infer job can take from the store (instruments.offline's
+#: TRAINED_BY: baseline weights read plainly or by common mode, HAT, SAT, SAT placed per die)
+ProgramMethod = Literal["unaware", "unaware_cm", "hat", "sat", "placed"]
+
+
+class _TrainedSolution(_Job):
+    """A trained method's weights and layout, from the run store, instead of raw values."""
+
+    method: ProgramMethod | None = Field(
+        None, description="a trained method: its weights and layout for the die, from the "
+        "store (hat and placed: the dies its sweep measured)")
+    train_run: Annotated[int, Field(ge=1, le=2**31)] | None = Field(
+        None, description="the training run (default: the latest of the method's kind on "
+        "the latest finished sweep)")
+
+    def _one_source(self, fields: set[str], what: str) -> None:
+        """Raise unless either `method` or the raw `fields` describe the job: with a method,
+        those keep their defaults (compared by value: a stored job comes back with every
+        field set)."""
+        if self.method is None and self.train_run is not None:
+            raise ValueError("train_run goes with a method")
+        defaults = {name: type(self).model_fields[name].default for name in fields}
+        given = {name for name, default in defaults.items()
+                 if (getattr(self, name) is not None if default is None
+                     else getattr(self, name) != default)}
+        if self.method is not None and given:
+            raise ValueError(f"give a method or {what}, not both (the method brings its "
+                             f"own: {', '.join(sorted(given))})")
+
+    def program(self, die: DieIndex, store_path: Path, read_voltage_v: float,
+                shape: tuple[int, int]) -> Any:
+        """The method's `instruments.offline.TrainedProgram` for `die`, read at the station's
+        read voltage (RejectedJobError if the store cannot provide it, or it was trained for
+        an array of another shape than the station's). Pins `train_run` to the run found, so
+        a job checked at submission runs with the same training whatever is trained since."""
+        from .offline import trained_program
+        from .store import StoreError
+
+        assert self.method is not None
+        try:
+            prog = trained_program(store_path, self.method, die, self.train_run, read_voltage_v)
+        except (StoreError, ValueError, FileNotFoundError) as err:
+            raise RejectedJobError(str(err)) from None
+        if (prog.layout.rows, prog.layout.cols) != tuple(shape):
+            raise RejectedJobError(f"training run {prog.train_run} is for a {prog.layout.rows} "
+                                   f"x {prog.layout.cols} array, the station's is {shape}")
+        self.train_run = prog.train_run
+        return prog
+
+
+class ProgramJob(WriteOverrides, _TrainedSolution):
+    """Program device states (0 P, 1 AP, 2 leave), or a trained method, into one die with
+    write-verify."""
 
     kind: Literal["program"] = "program"
     die: Die
-    targets: NpyArray = Field(description="uint8 (rows, cols) of 0/1/2, as base64 .npy")
+    targets: NpyArray | None = Field(None, description="uint8 (rows, cols) of 0/1/2, as "
+                                     "base64 .npy (or a method)")
+
+    @model_validator(mode="after")
+    def _targets_or_method(self) -> ProgramJob:
+        self._one_source({"targets"}, "targets")
+        if self.method is None and self.targets is None:
+            raise ValueError("a program job needs targets or a method")
+        return self
 
 
-class InferJob(_Job):
-    """Run binary inputs through the network programmed on a die."""
+#: an infer job's network: given, or brought by a method
+NETWORK_FIELDS = {"sizes", "output_copies", "copy_combine", "readout", "output_reads", "device"}
+
+
+class InferJob(_TrainedSolution):
+    """Run binary inputs through the network programmed on a die (described by the network
+    fields, or by a trained method)."""
 
     kind: Literal["infer"] = "infer"
     die: Die
@@ -190,6 +255,11 @@ class InferJob(_Job):
         "auto", description="healthy-cell conductances the common-mode check expects: "
         "'measured' (fitted from the store's latest finished sweep, as training uses), "
         "'nominal' (the design's), 'auto' (measured if the store holds a finished sweep)")
+
+    @model_validator(mode="after")
+    def _network_or_method(self) -> InferJob:
+        self._one_source(NETWORK_FIELDS, "a network")
+        return self
 
     def layout(self, rows: int, cols: int, read_voltage_v: float,
                device: DeviceModel | None = None) -> ArrayLayout:
@@ -291,15 +361,19 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
                           f"({len(info.wafer_map)} dies)")
     if isinstance(job, WriteOverrides):
         _write_config(info.config, job)
-    if isinstance(job, ProgramJob):
+    if isinstance(job, ProgramJob) and job.method is not None:
+        job.program(DieIndex(*job.die), store_path, info.config.measurement.read_voltage_v,
+                    info.shape)
+    elif isinstance(job, ProgramJob):
         t = job.targets
+        assert t is not None
         if t.shape != info.shape:
             raise RejectedJobError(f"targets must have the array's shape {info.shape}, "
                                    f"got {t.shape}")
         if t.dtype.kind not in "biu" or not np.isin(t, (0, 1, 2)).all():
             raise RejectedJobError("targets must be integers 0 (P), 1 (AP) or 2 (leave)")
     if isinstance(job, InferJob):
-        _check_inputs(job, info)
+        _check_inputs(job, info, store_path)
         if job.device == "measured":
             job.device_model(store_path, fit=False)
     if isinstance(job, SweepJob) and job.resume_run is not None:
@@ -308,12 +382,16 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
         raise RejectedJobError(f"data_dir {job.data_dir!r} is not a folder on the server")
 
 
-def _check_inputs(job: InferJob, info: StationInfo) -> None:
+def _check_inputs(job: InferJob, info: StationInfo, store_path: Path) -> None:
     x = job.inputs
-    try:
-        layout = job.layout(*info.shape, info.config.measurement.read_voltage_v)
-    except ValueError as err:
-        raise RejectedJobError(str(err)) from None
+    read_v = info.config.measurement.read_voltage_v
+    if job.method is not None:
+        layout = job.program(DieIndex(*job.die), store_path, read_v, info.shape).layout
+    else:
+        try:
+            layout = job.layout(*info.shape, read_v)
+        except ValueError as err:
+            raise RejectedJobError(str(err)) from None
     if x.ndim != 2 or x.shape[1] != layout.sizes[0] or not 1 <= x.shape[0] <= MAX_INFER_BATCH:
         raise RejectedJobError(f"inputs must have shape (n, {layout.sizes[0]}) with 1 <= n <= "
                           f"{MAX_INFER_BATCH}, got {x.shape}")
@@ -414,19 +492,34 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
 
     from .programming import program_verified
 
-    with _overridden(ctx.station, job), _at_die(ctx, job.die, "programming"):
-        r = program_verified(ctx.station, job.targets.astype(np.uint8))
-    addressed = job.targets != KEEP
-    return Outcome({"die": list(job.die), "pulses": r.pulses, "final_pulse_v": r.final_pulse_v,
-                    "fidelity": r.fidelity(addressed)},
+    st, source = ctx.station, {}
+    targets = job.targets
+    if job.method is not None:  # train_run pinned at submission
+        prog = job.program(DieIndex(*job.die), ctx.store_path,
+                           st.config.measurement.read_voltage_v, st.tester.shape)
+        targets = prog.layout.target_states(prog.weights)
+        source = {"method": job.method, "train_run": prog.train_run}
+    assert targets is not None
+    with _overridden(st, job), _at_die(ctx, job.die, "programming"):
+        r = program_verified(st, targets.astype(np.uint8))
+    addressed = targets != KEEP
+    return Outcome({"die": list(job.die), **source, "pulses": r.pulses,
+                    "final_pulse_v": r.final_pulse_v, "fidelity": r.fidelity(addressed)},
                    {"readback_ohm": r.readback_ohm, "verified": r.verified})
 
 
 def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
-    which, device = job.device_model(ctx.store_path)
-    assert device is not None
-    layout = job.layout(*st.tester.shape, st.config.measurement.read_voltage_v, device)
+    read_v = st.config.measurement.read_voltage_v
+    if job.method is not None:
+        prog = job.program(DieIndex(*job.die), ctx.store_path, read_v, st.tester.shape)
+        layout, device = prog.layout, prog.layout.device
+        which = f"{job.method} (training run {prog.train_run}, sweep run {prog.sweep_run})"
+    else:
+        which, fitted = job.device_model(ctx.store_path)
+        assert fitted is not None
+        device = fitted
+        layout = job.layout(*st.tester.shape, read_v, device)
     currents: list[np.ndarray] = []
 
     def column_currents(rows: np.ndarray) -> np.ndarray:

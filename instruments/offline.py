@@ -4,19 +4,22 @@ These work on what a sweep stored, without the instruments: `train` fits one met
 latest sweep's measured defect maps and keeps its weights (and per-die placements) as a "train"
 run; `evaluate` runs every trained method on the measured dies (emulated from their defect maps
 and fitted device conductances, batched over dies) and keeps the summary as an "evaluate" run;
-`report` writes summary.json, report.md and plots from the latest demo or evaluation.
+`report` writes summary.json, report.md and plots from the latest demo or evaluation;
+`trained_program` is what the service's program and infer jobs put on a die for a method.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from drivers.prober import DieIndex
 from training.datasets import BinaryData, data_label, load_default
 from training.evaluation import evaluate_on_dies
 from training.experiment import (
@@ -39,7 +42,7 @@ from . import __version__
 from .loop import MeasuredWafer, load_measurements, skipped_sweeps_note, summarize
 from .progress import EpochBars, say
 from .report import table, write_report
-from .store import RUN_LEVEL, RunStore, StoreError
+from .store import RUN_LEVEL, RunStore, StoreError, die_key
 
 TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
 TRAIN_METHODS = ("baseline", "hat", "sat")
@@ -47,7 +50,66 @@ TRAIN_METHODS = ("baseline", "hat", "sat")
 EVALUATED_AS = {"baseline": ("unaware", "unaware_cm"), "hat": ("hat",), "sat": ("sat", "placed")}
 #: evaluated methods that use their training run's per-die layouts (the others: the fixed one)
 PER_DIE_LAYOUTS = ("hat", "placed")
+#: the training method each evaluated (and programmable) method takes its weights from
+TRAINED_BY = {name: method for method, names in EVALUATED_AS.items() for name in names}
 WHOLE_RUN = RUN_LEVEL  # die key of per-run arrays and records (the store's)
+
+
+@dataclass(frozen=True)
+class TrainedProgram:
+    """What a die is programmed with for one method: binary weights (n_in, n_out) per layer,
+    the layout they sit in (read out as the method reads), and the runs they come from."""
+
+    method: str
+    weights: list[torch.Tensor]
+    layout: ArrayLayout
+    train_run: int
+    sweep_run: int
+
+
+def trained_program(store_path: str | Path, method: str, die: DieIndex,
+                    train_run: int | None = None, read_voltage_v: float | None = None
+                    ) -> TrainedProgram:
+    """`method`'s weights and layout for `die`, from training run `train_run` (default: the
+    latest of its kind on the latest finished sweep). Per-die solutions (hat, placed) exist
+    for the dies that sweep measured only. read_voltage_v: the station's, if it differs
+    from the sweep's (the common-mode check compares currents at that voltage)."""
+    if method not in TRAINED_BY:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TRAINED_BY)}")
+    trainer = TRAINED_BY[method]
+    with RunStore(store_path, read_only=True) as store:
+        if train_run is None:
+            measured = load_measurements(store)
+            run_id = _latest_trained(store, measured).get(trainer)
+            if run_id is None:
+                raise StoreError(f"{store.path}: no {trainer} training on sweep run "
+                                 f"{measured.run_id}, which method {method!r} needs; train "
+                                 "first ('mtjlab train' or a train job)")
+        else:
+            run_id, row, meta = train_run, store.run_row(train_run), store.snapshot(train_run)
+            if (row["kind"], row["status"], meta.get("method")) != (TRAIN_KIND, "finished",
+                                                                   trainer):
+                raise ValueError(f"run {run_id} is not a finished {trainer} training, which "
+                                 f"method {method!r} needs")
+            measured = load_measurements(store, meta["sweep_run"])
+        config = ExperimentConfig.model_validate(store.snapshot(run_id)["experiment"])
+        setup = prepare(measured.maps, measured.device_model(), config, placement=False)
+        weights, layouts = _load_trained(store, run_id, setup, measured.keys)
+    key = die_key(die)
+    per_die = method in PER_DIE_LAYOUTS and layouts is not None
+    if (per_die or weights[0].shape[0] > 1) and key not in measured.keys:
+        raise ValueError(f"method {method!r} has one solution per measured die; die {key} was "
+                         f"not measured by sweep run {measured.run_id} (dies: "
+                         f"{' '.join(measured.keys)})")
+    i = measured.keys.index(key) if key in measured.keys else 0
+    layout, _net = as_method(method, layouts[i] if per_die else setup.layout,  # type: ignore[index]
+                             config.network)
+    assert isinstance(layout, ArrayLayout)
+    if read_voltage_v is not None:
+        layout = replace(layout, device=layout.device.model_copy(
+            update={"v_read_v": read_voltage_v}))
+    return TrainedProgram(method, [w[i] if w.shape[0] > 1 else w[0] for w in weights], layout,
+                          run_id, measured.run_id)
 
 
 def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: int,

@@ -58,7 +58,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("--params must be a JSON object")
     options = {"die": args.die, "method": args.method, "seed": args.seed,
                "data_dir": args.data_dir, "pulse_v": args.pulse_v,
-               "resume_run": args.resume_run}
+               "resume_run": args.resume_run, "train_run": args.train_run}
     params.update({k: v for k, v in options.items() if v is not None})
     for name in ("targets", "inputs"):
         path = getattr(args, name)
@@ -182,7 +182,12 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--targets", default=None, help="program: .npy of 0 (P)/1 (AP)/2 (leave)")
     sp.add_argument("--inputs", default=None, help="infer: .npy of binary inputs (n, n_in)")
     sp.add_argument("--pulse-v", type=float, default=None, help="program: pulse amplitude")
-    sp.add_argument("--method", choices=["baseline", "hat", "sat"], default=None)
+    sp.add_argument("--method", default=None,
+                    choices=["baseline", "hat", "sat", "unaware", "unaware_cm", "placed"],
+                    help="train: baseline, hat or sat; program/infer: a trained method "
+                         "(unaware, unaware_cm, hat, sat, placed) from the store")
+    sp.add_argument("--train-run", type=at_least(1), default=None,
+                    help="program/infer: the training run (default: the latest)")
     sp.add_argument("--seed", type=at_least(0), default=None)
     sp.add_argument("--data-dir", default=None, help="train/evaluate: MNIST folder on the server")
     sp.add_argument("--resume-run", type=int, default=None, help="sweep: continue this run")

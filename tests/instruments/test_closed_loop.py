@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,61 @@ def test_the_demo_does_not_replace_a_store_holding_other_runs(swept_store: Path)
         run_demo(swept_store.parent, small=True, quiet=True)
     with RunStore(swept_store, create=False) as store:
         assert [r.kind for r in store.runs()] == ["sweep"]
+
+
+def test_program_and_infer_jobs_put_a_trained_method_on_a_die(swept_store: Path) -> None:
+    """The closed loop through the service's jobs: SAT placed on a measured die from the store,
+    programmed with write-verify, run on the chip; the chip's error matches the emulation of
+    that die (`mtjlab evaluate`) within read noise."""
+    from instruments.config import parse_station
+    from instruments.interrupts import StopFlag
+    from instruments.job_kinds import (
+        REQUEST,
+        InferJob,
+        JobContext,
+        ProgramJob,
+        RejectedJobError,
+        StationInfo,
+        run_infer,
+        run_program,
+        validate_job,
+    )
+    from instruments.offline import evaluate_from_store
+    from instruments.station import Station
+    from training.datasets import load_default
+
+    small = ExperimentConfig.small()
+    train_from_store(swept_store, "sat", config=small)
+    emulated = evaluate_from_store(swept_store)["methods"]["placed"]["per_die"]["1,0"]
+    data = load_default(None, seed=0)
+    x, y = data.x_test.numpy().astype(np.uint8), data.y_test.numpy()
+    config = parse_station(STATION)
+    with Station(config) as st:
+        info = StationInfo(config, tuple(st.wafer_map()), st.tester.shape, {})
+        ctx = JobContext(st, swept_store, StopFlag(), lambda *_a: None, lambda **_k: None)
+        program = ProgramJob(die=(1, 0), method="placed")
+        validate_job(program, info, swept_store)
+        assert program.train_run == 3  # pinned at submission: baseline 2, SAT 3
+        # as the queue stores it (every field set) and the worker reads it back
+        program = REQUEST.validate_python(program.model_dump(mode="json"))
+        done = run_program(ctx, program)
+        assert done.summary["method"] == "placed" and done.summary["fidelity"] > 0.98
+        infer = InferJob(die=(1, 0), method="placed", inputs=x)
+        validate_job(infer, info, swept_store)
+        infer = REQUEST.validate_python(infer.model_dump(mode="json"))
+        out = run_infer(ctx, infer)
+        assert out.summary["device"] == "placed (training run 3, sweep run 1)"
+        chip = 100.0 * float((out.arrays["predictions"] != y).mean())
+        assert abs(chip - emulated) < 3.0, (chip, emulated)
+        # what the store cannot provide is refused at submission, saying why
+        for job, message in (
+                (ProgramJob(die=(3, 0), method="placed"), "die 3,0 was not measured"),
+                (ProgramJob(die=(1, 0), method="hat"), "no hat training"),
+                (ProgramJob(die=(1, 0), method="sat", train_run=1), "not a finished sat"),
+                (InferJob(die=(1, 0), method="sat", inputs=x[:, :50]), "(n, 100)")):
+            with pytest.raises(RejectedJobError, match=re.escape(message)):
+                validate_job(job, info, swept_store)
+    with pytest.raises(ValueError, match="give a method or a network, not both"):
+        InferJob(die=(1, 0), method="sat", inputs=x, sizes=(100, 70, 10))
+    with pytest.raises(ValueError, match="needs targets or a method"):
+        ProgramJob(die=(1, 0))
