@@ -140,6 +140,14 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 class _Job(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    def unused_fields(self) -> set[str]:
+        """Fields this request does not use (left out of what the queue stores and shows)."""
+        return set()
+
+    def stored_params(self) -> dict[str, Any]:
+        """The request as the queue keeps it (kind apart), arrays as base64 .npy."""
+        return self.model_dump(mode="json", exclude={"kind", *self.unused_fields()})
+
 
 class SweepJob(_Job):
     """Measure the defect map of every planned die (the station file's wafer plan)."""
@@ -180,16 +188,18 @@ class _TrainedSolution(_Job):
         None, description="the training run (default: the latest of the method's kind on "
         "the latest finished sweep)")
 
+    def unused_fields(self) -> set[str]:
+        """With a method, the raw fields it replaces (the queue keeps no network that was
+        never used, and a stored job reads back as it was given)."""
+        raw = set(type(self).model_fields) & (NETWORK_FIELDS | {"targets"})
+        return raw if self.method is not None else set()
+
     def _one_source(self, fields: set[str], what: str) -> None:
         """Raise unless either `method` or the raw `fields` describe the job: with a method,
-        those keep their defaults (compared by value: a stored job comes back with every
-        field set)."""
+        none of those may be given (even at its default: the method's may differ)."""
         if self.method is None and self.train_run is not None:
             raise ValueError("train_run goes with a method")
-        defaults = {name: type(self).model_fields[name].default for name in fields}
-        given = {name for name, default in defaults.items()
-                 if (getattr(self, name) is not None if default is None
-                     else getattr(self, name) != default)}
+        given = fields & self.model_fields_set
         if self.method is not None and given:
             raise ValueError(f"give a method or {what}, not both (the method brings its "
                              f"own: {', '.join(sorted(given))})")
@@ -351,6 +361,32 @@ def _problem(error: Any) -> str:
     msg = str(error["msg"]).removeprefix("Value error, ")
     loc = ".".join(map(str, error["loc"]))
     return f"{loc} = {error['input']!r}: {msg}" if loc else msg
+
+
+#: methods that read the same programmed weights and layout (they differ in the read-out)
+_SAME_PROGRAM = {"unaware": "baseline", "unaware_cm": "baseline"}
+
+
+def pin_to_programmed(job: InferJob, last_program: tuple[int, dict[str, Any]] | None) -> None:
+    """An infer job by method without a train_run reads the training the die was (or is
+    queued to be) programmed with: `last_program` is that die's newest program job. A die
+    read with another training's layout gives nonsense (88 % error), so a die that holds
+    another method, raw targets or nothing known is refused; a train_run given is trusted."""
+    if job.method is None or job.train_run is not None:
+        return
+    die = f"{job.die[0]},{job.die[1]}"
+    if last_program is None:
+        raise RejectedJobError(f"no program job on record puts a trained method on die {die}; "
+                               "program it first (or give train_run)")
+    job_id, params = last_program
+    held = params.get("method")
+    if held is None:
+        raise RejectedJobError(f"die {die} was last programmed with raw targets (job "
+                               f"{job_id}); give train_run to read it as a trained method")
+    if _SAME_PROGRAM.get(held, held) != _SAME_PROGRAM.get(job.method, job.method):
+        raise RejectedJobError(f"die {die} holds {held!r} (training run "
+                               f"{params.get('train_run')}, job {job_id}), not {job.method!r}")
+    job.train_run = params.get("train_run")
 
 
 def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:

@@ -235,6 +235,20 @@ class JobStore:
             raise KeyError(job_id)
         return {"kind": row[0], **json.loads(row[1])}
 
+    def last_program(self, die: Any) -> tuple[int, dict[str, Any]] | None:
+        """(id, params) of the newest program job on `die` that is queued, running or
+        succeeded: what the die holds, or will once the queue gets there (arrays shown as
+        dtype and shape). None if there is none (or it was pruned)."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT id, described FROM jobs WHERE kind='program' AND state IN "
+                "('queued', 'running', 'succeeded') ORDER BY id DESC").fetchall()
+        for job_id, described in rows:
+            params = json.loads(described)
+            if list(params.get("die", ())) == list(die):
+                return int(job_id), params
+        return None
+
     def list(self, state: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` jobs (optionally of one state or kind), oldest first."""

@@ -97,7 +97,7 @@ def trained_program(store_path: str | Path, method: str, die: DieIndex,
         weights, layouts = _load_trained(store, run_id, setup, measured.keys)
     key = die_key(die)
     per_die = method in PER_DIE_LAYOUTS and layouts is not None
-    if (per_die or weights[0].shape[0] > 1) and key not in measured.keys:
+    if (per_die or trainer == "hat") and key not in measured.keys:  # HAT: weights per die
         raise ValueError(f"method {method!r} has one solution per measured die; die {key} was "
                          f"not measured by sweep run {measured.run_id} (dies: "
                          f"{' '.join(measured.keys)})")

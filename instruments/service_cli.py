@@ -39,7 +39,7 @@ def _die(text: str) -> list[int]:
 def _load_npy(path: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
         raise ValueError(f"{path}: cannot read a .npy array: {err}") from err
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
+from instruments.job_kinds import InferJob, ProgramJob, RejectedJobError, pin_to_programmed
 from instruments.jobs import JobStore, StoreInUseError
 from instruments.locking import hold_exclusively
 from instruments.offline import WHOLE_RUN, train_from_store
@@ -271,12 +272,12 @@ def test_program_and_infer_jobs_put_a_trained_method_on_a_die(swept_store: Path)
         validate_job(program, info, swept_store)
         assert program.train_run == 3  # pinned at submission: baseline 2, SAT 3
         # as the queue stores it (every field set) and the worker reads it back
-        program = REQUEST.validate_python(program.model_dump(mode="json"))
+        program = REQUEST.validate_python({"kind": "program", **program.stored_params()})
         done = run_program(ctx, program)
         assert done.summary["method"] == "placed" and done.summary["fidelity"] > 0.98
         infer = InferJob(die=(1, 0), method="placed", inputs=x)
         validate_job(infer, info, swept_store)
-        infer = REQUEST.validate_python(infer.model_dump(mode="json"))
+        infer = REQUEST.validate_python({"kind": "infer", **infer.stored_params()})
         out = run_infer(ctx, infer)
         assert out.summary["device"] == "placed (training run 3, sweep run 1)"
         chip = 100.0 * float((out.arrays["predictions"] != y).mean())
@@ -290,6 +291,30 @@ def test_program_and_infer_jobs_put_a_trained_method_on_a_die(swept_store: Path)
             with pytest.raises(RejectedJobError, match=re.escape(message)):
                 validate_job(job, info, swept_store)
     with pytest.raises(ValueError, match="give a method or a network, not both"):
-        InferJob(die=(1, 0), method="sat", inputs=x, sizes=(100, 70, 10))
+        InferJob(die=(1, 0), method="sat", inputs=x, sizes=(100, 70, 10))  # even the method's
     with pytest.raises(ValueError, match="needs targets or a method"):
         ProgramJob(die=(1, 0))
+    assert "sizes" not in infer.stored_params() and "targets" not in program.stored_params()
+
+
+def test_an_infer_job_reads_the_training_its_die_was_programmed_with(tmp_path: Path) -> None:
+    """Read with a newer training's layout than the die holds, a die gave 88 % error: the
+    service pins an infer job's training run to the die's newest program job."""
+    jobs = JobStore(tmp_path / "q.jobs.sqlite")
+    x = np.zeros((2, 100), np.uint8)
+    jobs.submit("program", ProgramJob(die=(1, 0), method="placed", train_run=3).stored_params())
+    jobs.submit("program", ProgramJob(die=(2, 0), targets=np.zeros((2, 2), np.uint8))
+                .stored_params())
+    infer = InferJob(die=(1, 0), method="placed", inputs=x)
+    pin_to_programmed(infer, jobs.last_program((1, 0)))
+    assert infer.train_run == 3
+    for die, method, message in (((1, 0), "sat", "die 1,0 holds 'placed' (training run 3"),
+                                 ((2, 0), "sat", "last programmed with raw targets"),
+                                 ((0, 0), "sat", "no program job on record")):
+        with pytest.raises(RejectedJobError, match=re.escape(message)):
+            pin_to_programmed(InferJob(die=die, method=method, inputs=x),
+                              jobs.last_program(die))
+    given = InferJob(die=(0, 0), method="sat", inputs=x, train_run=7)  # trusted as given
+    pin_to_programmed(given, None)
+    assert given.train_run == 7
+    jobs.close()
