@@ -181,6 +181,7 @@ ProgramMethod = Literal["unaware", "unaware_cm", "hat", "sat", "placed"]
 class _TrainedSolution(_Job):
     """A trained method's weights and layout, from the run store, instead of raw values."""
 
+    die: Die
     method: ProgramMethod | None = Field(
         None, description="a trained method: its weights and layout for the die, from the "
         "store (hat and placed: the dies its sweep measured)")
@@ -204,9 +205,8 @@ class _TrainedSolution(_Job):
             raise ValueError(f"give a method or {what}, not both (the method brings its "
                              f"own: {', '.join(sorted(given))})")
 
-    def program(self, die: DieIndex, store_path: Path, read_voltage_v: float,
-                shape: tuple[int, int]) -> Any:
-        """The method's `instruments.offline.TrainedProgram` for `die`, read at the station's
+    def program(self, store_path: Path, read_voltage_v: float, shape: tuple[int, int]) -> Any:
+        """The method's `instruments.offline.TrainedProgram` for the die, read at the station's
         read voltage (RejectedJobError if the store cannot provide it, or it was trained for
         an array of another shape than the station's). Pins `train_run` to the run found, so
         a job checked at submission runs with the same training whatever is trained since."""
@@ -215,7 +215,8 @@ class _TrainedSolution(_Job):
 
         assert self.method is not None
         try:
-            prog = trained_program(store_path, self.method, die, self.train_run, read_voltage_v)
+            prog = trained_program(store_path, self.method, DieIndex(*self.die), self.train_run,
+                                   read_voltage_v)
         except (StoreError, ValueError, FileNotFoundError) as err:
             raise RejectedJobError(str(err)) from None
         if (prog.layout.rows, prog.layout.cols) != tuple(shape):
@@ -230,7 +231,6 @@ class ProgramJob(WriteOverrides, _TrainedSolution):
     write-verify."""
 
     kind: Literal["program"] = "program"
-    die: Die
     targets: NpyArray | None = Field(None, description="uint8 (rows, cols) of 0/1/2, as "
                                      "base64 .npy (or a method)")
 
@@ -251,7 +251,6 @@ class InferJob(_TrainedSolution):
     fields, or by a trained method)."""
 
     kind: Literal["infer"] = "infer"
-    die: Die
     inputs: NpyArray = Field(description="(n, n_in) of 0/1, as base64 .npy")
     sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
         (100, 90, 10), min_length=2, max_length=8, description="network layer sizes")
@@ -363,10 +362,6 @@ def _problem(error: Any) -> str:
     return f"{loc} = {error['input']!r}: {msg}" if loc else msg
 
 
-#: methods that read the same programmed weights and layout (they differ in the read-out)
-_SAME_PROGRAM = {"unaware": "baseline", "unaware_cm": "baseline"}
-
-
 def pin_to_programmed(job: InferJob, last_program: tuple[int, dict[str, Any]] | None) -> None:
     """An infer job by method without a train_run reads the training the die was (or is
     queued to be) programmed with: `last_program` is that die's newest program job. A die
@@ -383,7 +378,12 @@ def pin_to_programmed(job: InferJob, last_program: tuple[int, dict[str, Any]] | 
     if held is None:
         raise RejectedJobError(f"die {die} was last programmed with raw targets (job "
                                f"{job_id}); give train_run to read it as a trained method")
-    if _SAME_PROGRAM.get(held, held) != _SAME_PROGRAM.get(job.method, job.method):
+    from .offline import PER_DIE_LAYOUTS, TRAINED_BY
+
+    def programmed(method: str) -> tuple[str, bool]:  # the weights' trainer, the layout kind
+        return TRAINED_BY[method], method in PER_DIE_LAYOUTS
+
+    if programmed(held) != programmed(job.method):  # unaware and unaware_cm read one program
         raise RejectedJobError(f"die {die} holds {held!r} (training run "
                                f"{params.get('train_run')}, job {job_id}), not {job.method!r}")
     job.train_run = params.get("train_run")
@@ -398,8 +398,7 @@ def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
     if isinstance(job, WriteOverrides):
         _write_config(info.config, job)
     if isinstance(job, ProgramJob) and job.method is not None:
-        job.program(DieIndex(*job.die), store_path, info.config.measurement.read_voltage_v,
-                    info.shape)
+        job.program(store_path, info.config.measurement.read_voltage_v, info.shape)
     elif isinstance(job, ProgramJob):
         t = job.targets
         assert t is not None
@@ -422,7 +421,7 @@ def _check_inputs(job: InferJob, info: StationInfo, store_path: Path) -> None:
     x = job.inputs
     read_v = info.config.measurement.read_voltage_v
     if job.method is not None:
-        layout = job.program(DieIndex(*job.die), store_path, read_v, info.shape).layout
+        layout = job.program(store_path, read_v, info.shape).layout
     else:
         try:
             layout = job.layout(*info.shape, read_v)
@@ -531,8 +530,8 @@ def run_program(ctx: JobContext, job: ProgramJob) -> Outcome:
     st, source = ctx.station, {}
     targets = job.targets
     if job.method is not None:  # train_run pinned at submission
-        prog = job.program(DieIndex(*job.die), ctx.store_path,
-                           st.config.measurement.read_voltage_v, st.tester.shape)
+        prog = job.program(ctx.store_path, st.config.measurement.read_voltage_v,
+                           st.tester.shape)
         targets = prog.layout.target_states(prog.weights)
         source = {"method": job.method, "train_run": prog.train_run}
     assert targets is not None
@@ -548,7 +547,7 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
     read_v = st.config.measurement.read_voltage_v
     if job.method is not None:
-        prog = job.program(DieIndex(*job.die), ctx.store_path, read_v, st.tester.shape)
+        prog = job.program(ctx.store_path, read_v, st.tester.shape)
         layout, device = prog.layout, prog.layout.device
         which = f"{job.method} (training run {prog.train_run}, sweep run {prog.sweep_run})"
     else:

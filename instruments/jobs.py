@@ -240,14 +240,12 @@ class JobStore:
         succeeded: what the die holds, or will once the queue gets there (arrays shown as
         dtype and shape). None if there is none (or it was pruned)."""
         with self._lock:
-            rows = self.db.execute(
+            row = self.db.execute(
                 "SELECT id, described FROM jobs WHERE kind='program' AND state IN "
-                "('queued', 'running', 'succeeded') ORDER BY id DESC").fetchall()
-        for job_id, described in rows:
-            params = json.loads(described)
-            if list(params.get("die", ())) == list(die):
-                return int(job_id), params
-        return None
+                "('queued', 'running', 'succeeded') AND json_extract(described, '$.die[0]')=? "
+                "AND json_extract(described, '$.die[1]')=? ORDER BY id DESC LIMIT 1",
+                (int(die[0]), int(die[1]))).fetchone()
+        return None if row is None else (int(row[0]), json.loads(row[1]))
 
     def list(self, state: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ and fitted device conductances, batched over dies) and keeps the summary as an "
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -24,9 +25,9 @@ from training.datasets import BinaryData, data_label, load_default
 from training.evaluation import evaluate_on_dies
 from training.experiment import (
     ExperimentConfig,
-    Setup,
     StageEpochHook,
     as_method,
+    experiment_layout,
     for_stage,
     prepare,
     run_baseline,
@@ -86,15 +87,19 @@ def trained_program(store_path: str | Path, method: str, die: DieIndex,
                                  f"{measured.run_id}, which method {method!r} needs; train "
                                  "first ('mtjlab train' or a train job)")
         else:
-            run_id, row, meta = train_run, store.run_row(train_run), store.snapshot(train_run)
+            run_id, row = train_run, store.run_row(train_run)
+            meta = json.loads(row["snapshot_json"])
             if (row["kind"], row["status"], meta.get("method")) != (TRAIN_KIND, "finished",
                                                                    trainer):
                 raise ValueError(f"run {run_id} is not a finished {trainer} training, which "
                                  f"method {method!r} needs")
             measured = load_measurements(store, meta["sweep_run"])
-        config = ExperimentConfig.model_validate(store.snapshot(run_id)["experiment"])
-        setup = prepare(measured.maps, measured.device_model(), config, placement=False)
-        weights, layouts = _load_trained(store, run_id, setup, measured.keys)
+        config = ExperimentConfig.model_validate(
+            (meta if train_run is not None else store.snapshot(run_id))["experiment"])
+        # the layout alone: no defect statistics or cells are needed to program a die
+        fixed = experiment_layout(measured.maps[0].shape, measured.device_model(),
+                                  config.network)
+        weights, layouts = _load_trained(store, run_id, fixed, measured.keys)
     key = die_key(die)
     per_die = method in PER_DIE_LAYOUTS and layouts is not None
     if (per_die or trainer == "hat") and key not in measured.keys:  # HAT: weights per die
@@ -102,7 +107,7 @@ def trained_program(store_path: str | Path, method: str, die: DieIndex,
                          f"not measured by sweep run {measured.run_id} (dies: "
                          f"{' '.join(measured.keys)})")
     i = measured.keys.index(key) if key in measured.keys else 0
-    layout, _net = as_method(method, layouts[i] if per_die else setup.layout,  # type: ignore[index]
+    layout, _net = as_method(method, layouts[i] if per_die else fixed,  # type: ignore[index]
                              config.network)
     assert isinstance(layout, ArrayLayout)
     if read_voltage_v is not None:
@@ -138,9 +143,10 @@ def _save_trained(store: RunStore, measured: MeasuredWafer, method: str, seed: i
     return run_id, info
 
 
-def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]
+def _load_trained(store: RunStore, run_id: int, fixed: ArrayLayout, keys: list[str]
                   ) -> tuple[list[torch.Tensor], list[ArrayLayout] | None]:
-    """A training run's weights (1 or D per layer) and its per-die layouts, if it placed."""
+    """A training run's weights (1 or D per layer) and its per-die layouts (placements of
+    the `fixed` layout's network), if it placed."""
     info = store.record(run_id, WHOLE_RUN, "train")
     if info is None:
         raise StoreError(f"{store.path}: training run {run_id} is incomplete; train again")
@@ -151,9 +157,9 @@ def _load_trained(store: RunStore, run_id: int, setup: Setup, keys: list[str]
     names = {name for _die, name in store.array_names(run_id)}
     layouts = None
     if "layout/L0/rows" in names:
-        layouts = [setup.layout.with_placement_arrays(
+        layouts = [fixed.with_placement_arrays(
             {n: store.array(run_id, key, f"layout/{n}")
-             for n in setup.layout.placement_arrays()}) for key in keys]
+             for n in fixed.placement_arrays()}) for key in keys]
     return weights, layouts
 
 
@@ -311,8 +317,8 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
     data_dir = absolute(data_dir)
     with _open(store_path) as store:
         measured = _latest_measured(store)
-        trained_runs = _latest_trained(store, measured, seed)
         latest = _latest_trained(store, measured)
+        trained_runs = latest if seed is None else _latest_trained(store, measured, seed)
         if not latest:
             raise StoreError(f"{store.path}: nothing trained on sweep run {measured.run_id}; "
                              "train first ('mtjlab train' or a train job)")
@@ -325,13 +331,12 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
                              "were trained with (another split would test on training digits)")
         first, config = _agreed_training(store, trained_runs)
         trained_dir = absolute(first["data_dir"])
-        if (seed is not None and seed != first["seed"]) or (
-                data_dir is not None and data_dir != trained_dir):
+        if data_dir is not None and data_dir != trained_dir:  # (the seed selected the runs)
             raise ValueError(f"the weights were trained with seed {first['seed']} on "
                              f"{first['data']}; evaluate with those (another split or set "
                              "would test on training digits)")
         seed, data_dir = first["seed"], trained_dir
-        setup = prepare(measured.maps, measured.device_model(), config)
+        setup = prepare(measured.maps, measured.device_model(), config, placement=False)
         data = load_default(data_dir, seed=seed)
         base_err = float(first["baseline_error_pct"])
         methods: dict[str, Any] = {}
@@ -339,7 +344,8 @@ def evaluate_from_store(store_path: str | Path, seed: int | None = None,
         for method in TRAIN_METHODS:
             if method not in trained_runs:
                 continue
-            weights, layouts = _load_trained(store, trained_runs[method], setup, measured.keys)
+            weights, layouts = _load_trained(store, trained_runs[method], setup.layout,
+                                             measured.keys)
             shared[method] = weights
             for name in EVALUATED_AS[method]:
                 per_die = layouts if name in PER_DIE_LAYOUTS and layouts else setup.layout

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from .config import TESTER_SETTINGS, SafetyLimits
 
+#: tester control -> the safety limit (a `SafetyLimits` field) guarding it
+LIMIT_OF_CONTROL = dict(TESTER_SETTINGS.values())
+
 
 class SafetyViolation(ValueError):
     """A request that would exceed the station's safety limits; nothing was sent."""
@@ -20,8 +23,7 @@ class SafetyPolicy:
 
     def limit_of(self, setting: str) -> float | None:
         """The limit guarding a driver setting, or None for a setting that applies no bias."""
-        limit_key = next((key for control, key in TESTER_SETTINGS.values()
-                          if control == setting), None)
+        limit_key = LIMIT_OF_CONTROL.get(setting)
         return None if limit_key is None else float(getattr(self.limits, limit_key))
 
     def check(self, setting: str, value: float) -> None:

@@ -13,13 +13,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from .cli import EXIT_FAILED, EXIT_OK, at_least
+from .job_kinds import ProgramMethod
 
 KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
+#: --method: what a train job trains, or what a program or infer job takes from the store
+METHOD_CHOICES = list(dict.fromkeys(["baseline", "hat", "sat", *get_args(ProgramMethod)]))
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -182,8 +185,7 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--targets", default=None, help="program: .npy of 0 (P)/1 (AP)/2 (leave)")
     sp.add_argument("--inputs", default=None, help="infer: .npy of binary inputs (n, n_in)")
     sp.add_argument("--pulse-v", type=float, default=None, help="program: pulse amplitude")
-    sp.add_argument("--method", default=None,
-                    choices=["baseline", "hat", "sat", "unaware", "unaware_cm", "placed"],
+    sp.add_argument("--method", default=None, choices=METHOD_CHOICES,
                     help="train: baseline, hat or sat; program/infer: a trained method "
                          "(unaware, unaware_cm, hat, sat, placed) from the store")
     sp.add_argument("--train-run", type=at_least(1), default=None,

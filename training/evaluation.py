@@ -226,13 +226,13 @@ def evaluate_on_dies(weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.
     anything else runs the network's dense forward pass. Both give the same result.
     """
     check_readout(layout, net_config)
-    check_samples(x, y, net_config, "evaluation data")
     shared = all(torch.as_tensor(w).ndim == 2 or torch.as_tensor(w).shape[0] == 1
                  for w in weights)
     devs = dies_deviations(layout, cells) if shared and len(weights) == 2 else None
-    if devs is None:
+    if devs is None:  # (error_rates checks the samples)
         return DieErrors(error_rates(weights, x, y, net_config, dies_layers(layout, cells)),
                          baseline_pct)
+    check_samples(x, y, net_config, "evaluation data")
     scores = _deviation_scores(weights, x, devs, net_config)
     return DieErrors(_percent((scores.argmax(dim=-1) != y).sum(dim=-1), len(x)), baseline_pct)
 

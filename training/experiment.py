@@ -192,6 +192,14 @@ class Setup:
     cells: ArrayCells
 
 
+def experiment_layout(shape: tuple[int, int], device: DeviceModel, net: NetworkConfig
+                      ) -> ArrayLayout:
+    """The fixed layout of the experiment's network on a rows x cols array."""
+    return ArrayLayout.default(net.sizes, *shape, net.output_copies, net.copy_combine, device,
+                               readout=net.readout, readout_tol=net.readout_tol,
+                               output_reads=net.output_reads)
+
+
 def prepare(maps: Sequence[DefectMap], device: DeviceModel,
             config: ExperimentConfig | None = None, placement: bool = True) -> Setup:
     """Fit the defect statistics of `maps` and lay the network out on their array; with
@@ -199,11 +207,7 @@ def prepare(maps: Sequence[DefectMap], device: DeviceModel,
     config = config or ExperimentConfig()
     if not maps:
         raise ValueError("the experiment needs at least one defect map")
-    net = config.network
-    rows, cols = maps[0].shape
-    layout = ArrayLayout.default(net.sizes, rows, cols, net.output_copies, net.copy_combine,
-                                 device, readout=net.readout, readout_tol=net.readout_tol,
-                                 output_reads=net.output_reads)
+    layout = experiment_layout(maps[0].shape, device, config.network)
     if placement:
         check_placeable(layout)
     return Setup(DefectStatistics.fit(maps), layout, cells_from_defect_maps(maps, device))

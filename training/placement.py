@@ -83,7 +83,6 @@ def _hidden_pairs(x: torch.Tensor, s1: torch.Tensor, cells: ArrayCells, layout: 
     return out
 
 
-@torch.no_grad()
 def check_placeable(layout: ArrayLayout) -> None:
     """Raise unless `place` can rewire this layout (checked before training, too, so a run
     does not fail in placement after its training): two layers, one row per input in
@@ -103,6 +102,7 @@ def check_placeable(layout: ArrayLayout) -> None:
         raise ValueError("the network needs more rows than the array has")
 
 
+@torch.no_grad()
 def place(weights: Sequence[torch.Tensor], cells: ArrayCells, layout: ArrayLayout,
           x: torch.Tensor, y: torch.Tensor, net_config: NetworkConfig,
           max_samples: int | None = None, config: PlacementConfig | None = None) -> ArrayLayout:
