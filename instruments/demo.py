@@ -24,7 +24,7 @@ from .locking import hold_exclusively
 from .loop import DieInference, load_measurements, program_and_infer, summarize
 from .offline import WHOLE_RUN, report_from_store
 from .progress import EpochBars, bar, say
-from .report import table
+from .report import check_results_folder, table
 from .station import Station
 from .store import DEMO_KIND, RunStore, StoreError, die_key
 from .sweep import planned_dies, start_run, sweep
@@ -43,8 +43,7 @@ def run_demo(out: Path, seed: int = 0, data_dir: str | None = None, quiet: bool 
              small: bool = False) -> dict[str, Any]:
     """Run the closed loop; writes out/summary.json, out/report.md, plots and the run store."""
     t0 = time.perf_counter()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; the demo writes a folder of results")
+    check_results_folder(out, "the demo writes a folder of results")
     # all that can refuse the input comes first: nothing in `out` is touched before
     config = demo_station(seed, dies=6 if small else None)
     exp_config = ExperimentConfig.small() if small else ExperimentConfig()

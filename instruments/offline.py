@@ -42,7 +42,7 @@ from training.trainers import TrainResult
 from . import __version__
 from .loop import MeasuredWafer, load_measurements, skipped_sweeps_note, summarize
 from .progress import EpochBars, say
-from .report import table, write_report
+from .report import check_results_folder, table, write_report
 from .store import RUN_LEVEL, RunStore, StoreError, die_key
 
 TRAIN_KIND, EVALUATE_KIND = "train", "evaluate"
@@ -398,8 +398,7 @@ def _agreed_training(store: RunStore, trained_runs: dict[str, int]
 
 def report_from_store(store_path: str | Path, out: Path) -> dict[str, Any]:
     """summary.json, report.md and plots from the store's latest demo or evaluation."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out {out} is a file; name a folder for the report")
+    check_results_folder(Path(out), "name a folder for the report")
     with RunStore(store_path, read_only=True) as store:
         candidates = [r.run_id for r in store.runs()
                       if r.kind in ("demo", EVALUATE_KIND) and r.status == "finished"

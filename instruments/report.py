@@ -20,6 +20,13 @@ LABELS = {
 }
 
 
+def check_results_folder(out: Path, what: str) -> None:
+    """Raise ValueError unless `out` is a folder or not there yet (results are a folder of
+    files); `what` tells the operator what to name instead."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; {what}")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(text, encoding="utf-8")

@@ -107,6 +107,43 @@ def _may_flag(inv: torch.Tensor, excess_terms: torch.Tensor, n_keys: int, tol: f
     return flag, sub[w], w
 
 
+@dataclass(frozen=True)
+class DefectiveNeurons:
+    """The hidden neurons that carry a defect on some die, read out on every sample."""
+
+    keys: torch.Tensor  # (U,) die * hidden + neuron, sorted
+    on: torch.Tensor  # (U, N) bool: each one's activation on each sample
+    flips: tuple[torch.Tensor, torch.Tensor]  # (key index, sample) where it differs from ideal
+
+
+@torch.no_grad()
+def defective_neurons(s1: torch.Tensor, xt: torch.Tensor, z1: torch.Tensor,
+                      d1: SparseLayerDeviation, net_config: NetworkConfig) -> DefectiveNeurons:
+    """The hidden layer's per-die work: every (die, neuron) with a defect recomputed from the
+    ideal currents z1 (H, N) plus a sparse product of its deviations with the inputs xt
+    (n_in, N), read out as the network does; s1 is 1.0 where a weight is +1.
+    `benchmarks/eval_floor.py` times it alone (the floor of the 36-die evaluation)."""
+    keys, inv = torch.unique(d1.die * d1.n_out + d1.col, return_inverse=True)  # sorted
+    if not keys.numel():
+        empty = torch.zeros(0, dtype=torch.long)
+        return DefectiveNeurons(keys, torch.zeros(0, xt.shape[1], dtype=torch.bool),
+                                (empty, empty))
+    jj = keys % d1.n_out
+    s_at = s1[d1.row, d1.col]
+    z = _sparse_product(inv, d1.row, d1.da + s_at * d1.db, keys.numel(), xt)
+    z.add_(z1.index_select(0, jj))
+    if net_config.readout == "common_mode":
+        tol = net_config.readout_tol
+        terms = d1.dc + s_at * d1.de
+        flag, sub, w = _may_flag(inv, terms, keys.numel(), tol)
+        excess = _sparse_product(sub, d1.row[w], terms[w], flag.numel(), xt)
+        zf = z[flag]
+        z[flag] = zf - readout_correction(zf, excess, tol)
+    on = z > 0
+    return DefectiveNeurons(keys, on, (on != (z1 > 0).index_select(0, jj)).nonzero(
+        as_tuple=True))
+
+
 @torch.no_grad()
 def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
                       devs: Sequence[SparseLayerDeviation], net_config: NetworkConfig
@@ -141,21 +178,11 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     # the output layer's inputs that are on, per die, read and sample (the read-out's n)
     active = (read_masks(hid, reads).T @ h1.float()).expand(n_dies, -1, -1).contiguous()
     # layer 1: neurons (die, j) with defects, recomputed from the ideal plus a sparse product
-    keys, inv = torch.unique(d1.die * hid + d1.col, return_inverse=True)  # sorted
-    h_aff = None
+    hidden = defective_neurons(s1, xt, z1, d1, net_config)
+    keys, h_aff = hidden.keys, None
     if keys.numel():
-        jj = keys % hid
-        s_at = s1[d1.row, d1.col]
-        z = _sparse_product(inv, d1.row, d1.da + s_at * d1.db, keys.numel(), xt)
-        z.add_(z1.index_select(0, jj))
-        if common:
-            terms = d1.dc + s_at * d1.de
-            flag, sub, w = _may_flag(inv, terms, keys.numel(), tol)
-            excess = _sparse_product(sub, d1.row[w], terms[w], flag.numel(), xt)
-            zf = z[flag]
-            z[flag] = zf - readout_correction(zf, excess, tol)
-        h_aff = z > 0  # (U, N)
-        fu, fn = (h_aff != h1.index_select(0, jj)).nonzero(as_tuple=True)
+        h_aff, jj = hidden.on, keys % hid
+        fu, fn = hidden.flips
         if fu.numel():
             sign = h_aff[fu, fn].float() * 2 - 1
             die_f, j_f = keys[fu] // hid, jj[fu]
