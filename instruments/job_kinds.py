@@ -362,39 +362,66 @@ def _problem(error: Any) -> str:
     return f"{loc} = {error['input']!r}: {msg}" if loc else msg
 
 
-def pin_to_programmed(job: InferJob, last_program: tuple[int, dict[str, Any]] | None) -> None:
-    """An infer job by method without a train_run reads the training the die was (or is
-    queued to be) programmed with: `last_program` is that die's newest program job. A die
-    read with another training's layout gives nonsense (88 % error), so a die that holds
-    another method, raw targets or nothing known is refused; a train_run given is trusted."""
-    if job.method is None or job.train_run is not None:
+#: (id, kind, state, params) of the job that last wrote a die (`JobStore.last_writer`)
+DieWriter = tuple[int, str, str, dict[str, Any]]
+
+
+def pin_to_programmed(job: InferJob, writer: DieWriter | None, starting: bool = False) -> None:
+    """An infer job by method reads the training its die holds: `writer` is the newest job
+    that wrote the die's cells, checked when the job is queued (a program still queued or
+    running counts) and again when it starts (`starting`: the program must have succeeded).
+    A die read with another training's layout gives nonsense (88 % error), so a die last
+    written by a measurement, by a program that did not succeed, or by another method or
+    training is refused; without train_run the job takes the program's. A train_run given
+    is trusted for a die with no program on record, or one programmed with raw targets
+    (programmed outside the service, or from targets computed outside)."""
+    if job.method is None:
         return
     die = f"{job.die[0]},{job.die[1]}"
-    if last_program is None:
-        raise RejectedJobError(f"no program job on record puts a trained method on die {die}; "
-                               "program it first (or give train_run)")
-    job_id, params = last_program
-    held = params.get("method")
+    if writer is None:
+        if job.train_run is None:
+            raise RejectedJobError(f"no program job on record puts a trained method on die "
+                                   f"{die}; program it first (or give train_run)")
+        return
+    job_id, kind, state, params = writer
+    if kind != "program":
+        raise RejectedJobError(f"{kind} job {job_id} ({state}) rewrites the cells of die {die} "
+                               "after its last program (a measurement writes every cell); "
+                               "program the die again first")
+    if state not in (("succeeded",) if starting else ("queued", "running", "succeeded")):
+        raise RejectedJobError(f"die {die}'s last program job {job_id} is {state}: the die "
+                               "holds at most part of it; program the die again first")
+    held, held_run = params.get("method"), params.get("train_run")
     if held is None:
-        raise RejectedJobError(f"die {die} was last programmed with raw targets (job "
-                               f"{job_id}); give train_run to read it as a trained method")
+        if job.train_run is None:
+            raise RejectedJobError(f"die {die} was last programmed with raw targets (job "
+                                   f"{job_id}); give train_run to read it as a trained method")
+        return
     from .offline import PER_DIE_LAYOUTS, TRAINED_BY
 
     def programmed(method: str) -> tuple[str, bool]:  # the weights' trainer, the layout kind
         return TRAINED_BY[method], method in PER_DIE_LAYOUTS
 
     if programmed(held) != programmed(job.method):  # unaware and unaware_cm read one program
-        raise RejectedJobError(f"die {die} holds {held!r} (training run "
-                               f"{params.get('train_run')}, job {job_id}), not {job.method!r}")
-    job.train_run = params.get("train_run")
+        raise RejectedJobError(f"die {die} holds {held!r} (training run {held_run}, job "
+                               f"{job_id}), not {job.method!r}")
+    if job.train_run is not None and job.train_run != held_run:
+        raise RejectedJobError(f"die {die} holds training run {held_run} of {held!r} (job "
+                               f"{job_id}), not training run {job.train_run}")
+    job.train_run = held_run
 
 
-def validate_job(job: JobRequest, info: StationInfo, store_path: Path) -> None:
-    """Station-dependent checks before queueing; raise RejectedJobError with a clear message."""
+def validate_job(job: JobRequest, info: StationInfo, store_path: Path,
+                 last_writer: Callable[[Die], DieWriter | None] | None = None) -> None:
+    """Station-dependent checks before queueing; raise RejectedJobError with a clear message.
+    last_writer (`JobStore.last_writer`): an infer by method is pinned to what its die holds
+    (`pin_to_programmed`)."""
     die = getattr(job, "die", None)
     if die is not None and DieIndex(*die) not in info.wafer_map:
         raise RejectedJobError(f"die {die[0]},{die[1]} is not on the wafer map "
                           f"({len(info.wafer_map)} dies)")
+    if isinstance(job, InferJob) and last_writer is not None:
+        pin_to_programmed(job, last_writer(job.die))
     if isinstance(job, WriteOverrides):
         _write_config(info.config, job)
     if isinstance(job, ProgramJob) and job.method is not None:
@@ -472,6 +499,8 @@ class JobContext:
     progress: Callable[[int, int | None, str], None]
     note: Callable[..., None]
     job_id: int = 0
+    #: the job that last wrote a die before this one (`JobStore.last_writer`), if known
+    last_writer: Callable[[Die], DieWriter | None] | None = None
 
     def check_stop(self, where: str = "before touching the instruments") -> None:
         if self.stop.requested:
@@ -547,6 +576,8 @@ def run_infer(ctx: JobContext, job: InferJob) -> Outcome:
     st = ctx.station
     read_v = st.config.measurement.read_voltage_v
     if job.method is not None:
+        if ctx.last_writer is not None:  # what the queue did since this job was queued
+            pin_to_programmed(job, ctx.last_writer(job.die), starting=True)
         prog = job.program(ctx.store_path, read_v, st.tester.shape)
         layout, device = prog.layout, prog.layout.device
         which = f"{job.method} (training run {prog.train_run}, sweep run {prog.sweep_run})"

@@ -235,17 +235,26 @@ class JobStore:
             raise KeyError(job_id)
         return {"kind": row[0], **json.loads(row[1])}
 
-    def last_program(self, die: Any) -> tuple[int, dict[str, Any]] | None:
-        """(id, params) of the newest program job on `die` that is queued, running or
-        succeeded: what the die holds, or will once the queue gets there (arrays shown as
-        dtype and shape). None if there is none (or it was pruned)."""
+    def last_writer(self, die: Any, before: int | None = None
+                    ) -> tuple[int, str, str, dict[str, Any]] | None:
+        """(id, kind, state, params) of the newest job that writes `die`'s cells: a program
+        or measure job on it, or any sweep (measuring a die rewrites every cell). Jobs
+        cancelled before they started are left out; with `before` (a job id), only the jobs
+        queued before it that started: what the die holds when that job runs (the queue runs
+        in id order). Arrays are shown as dtype and shape. None if there is none (or it was
+        pruned)."""
+        args: list[int] = [int(die[0]), int(die[1])]
+        if before is None:
+            which = "NOT (state='cancelled' AND started IS NULL)"
+        else:
+            which = "started IS NOT NULL AND id<?"
+            args.append(before)
+        sql = ("SELECT id, kind, state, described FROM jobs WHERE (kind='sweep' OR (kind IN "
+               "('program', 'measure') AND json_extract(described, '$.die[0]')=? AND "
+               f"json_extract(described, '$.die[1]')=?)) AND {which}")
         with self._lock:
-            row = self.db.execute(
-                "SELECT id, described FROM jobs WHERE kind='program' AND state IN "
-                "('queued', 'running', 'succeeded') AND json_extract(described, '$.die[0]')=? "
-                "AND json_extract(described, '$.die[1]')=? ORDER BY id DESC LIMIT 1",
-                (int(die[0]), int(die[1]))).fetchone()
-        return None if row is None else (int(row[0]), json.loads(row[1]))
+            row = self.db.execute(sql + " ORDER BY id DESC LIMIT 1", args).fetchone()
+        return None if row is None else (int(row[0]), row[1], row[2], json.loads(row[3]))
 
     def list(self, state: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
@@ -496,7 +505,8 @@ class Worker:
             stop.request()  # cancelled between claim and now
         ctx = JobContext(station, self.store_path, stop,
                          lambda d, t, m="": self.jobs.progress(job_id, d, t, m),
-                         lambda **kw: self.jobs.note(job_id, **kw), job_id)
+                         lambda **kw: self.jobs.note(job_id, **kw), job_id,
+                         lambda die: self.jobs.last_writer(die, before=job_id))
         try:
             job = REQUEST.validate_python(self.jobs.params(job_id))
             outcome = RUNNERS[job.kind](ctx, job)

@@ -34,10 +34,8 @@ from .config import StationConfig, load_station
 from .job_kinds import (
     REQUEST,
     RUNNERS,
-    InferJob,
     JobRequest,
     RejectedJobError,
-    pin_to_programmed,
     validate_job,
 )
 from .jobs import TERMINAL, AlreadyResumedError, JobStore, QueueFullError, Worker
@@ -311,9 +309,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         if not svc.worker.alive:
             why = f" ({svc.worker.error})" if svc.worker.error else ""
             raise HTTPException(503, f"the worker has stopped{why}; restart the service")
-        if isinstance(job, InferJob):
-            pin_to_programmed(job, svc.jobs.last_program(job.die))
-        validate_job(job, svc.worker.info, svc.store_path)
+        validate_job(job, svc.worker.info, svc.store_path, svc.jobs.last_writer)
         params = job.stored_params()
         try:
             view = svc.jobs.submit(job.kind, params, resumed_from=resumed_from)

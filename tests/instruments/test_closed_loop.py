@@ -7,13 +7,21 @@ import fcntl
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
-from instruments.job_kinds import InferJob, ProgramJob, RejectedJobError, pin_to_programmed
+from instruments.job_kinds import (
+    InferJob,
+    MeasureJob,
+    ProgramJob,
+    RejectedJobError,
+    SweepJob,
+    pin_to_programmed,
+)
 from instruments.jobs import JobStore, StoreInUseError
 from instruments.locking import hold_exclusively
 from instruments.offline import WHOLE_RUN, train_from_store
@@ -282,6 +290,11 @@ def test_program_and_infer_jobs_put_a_trained_method_on_a_die(swept_store: Path)
         assert out.summary["device"] == "placed (training run 3, sweep run 1)"
         chip = 100.0 * float((out.arrays["predictions"] != y).mean())
         assert abs(chip - emulated) < 3.0, (chip, emulated)
+        # checked again as it starts: a measurement since the program rewrote the die
+        measured = JobContext(st, swept_store, StopFlag(), lambda *_a: None, lambda **_k: None,
+                              9, lambda die: (8, "measure", "succeeded", {"die": list(die)}))
+        with pytest.raises(RejectedJobError, match=re.escape("measure job 8 (succeeded)")):
+            run_infer(measured, infer)
         # what the store cannot provide is refused at submission, saying why
         for job, message in (
                 (ProgramJob(die=(3, 0), method="placed"), "die 3,0 was not measured"),
@@ -306,15 +319,71 @@ def test_an_infer_job_reads_the_training_its_die_was_programmed_with(tmp_path: P
     jobs.submit("program", ProgramJob(die=(2, 0), targets=np.zeros((2, 2), np.uint8))
                 .stored_params())
     infer = InferJob(die=(1, 0), method="placed", inputs=x)
-    pin_to_programmed(infer, jobs.last_program((1, 0)))
+    pin_to_programmed(infer, jobs.last_writer((1, 0)))
     assert infer.train_run == 3
     for die, method, message in (((1, 0), "sat", "die 1,0 holds 'placed' (training run 3"),
                                  ((2, 0), "sat", "last programmed with raw targets"),
                                  ((0, 0), "sat", "no program job on record")):
         with pytest.raises(RejectedJobError, match=re.escape(message)):
             pin_to_programmed(InferJob(die=die, method=method, inputs=x),
-                              jobs.last_program(die))
+                              jobs.last_writer(die))
     given = InferJob(die=(0, 0), method="sat", inputs=x, train_run=7)  # trusted as given
     pin_to_programmed(given, None)
     assert given.train_run == 7
+    with pytest.raises(RejectedJobError, match="holds training run 3 of 'placed'"):
+        pin_to_programmed(InferJob(die=(1, 0), method="placed", inputs=x, train_run=4),
+                          jobs.last_writer((1, 0)))
+    jobs.close()
+
+
+def _finish_next(jobs: JobStore, state: str) -> int:
+    """Run the queue's next job to `state` (as the worker would) and return its id."""
+    job = jobs.claim_next()
+    assert job is not None
+    jobs.finish(job["id"], state)
+    return int(job["id"])
+
+
+def test_an_infer_job_refuses_a_die_its_program_no_longer_holds(tmp_path: Path) -> None:
+    """What the die holds is its newest write: a measurement (measure or sweep) rewrites
+    every cell, a program that failed, was interrupted or cancelled mid-write holds part of
+    it; read by a method, such a die gave 81-92 % error. Checked when the infer is queued
+    and again when it starts (a program cancelled or a measure run in between)."""
+    jobs = JobStore(tmp_path / "q.jobs.sqlite")
+    x = np.zeros((2, 100), np.uint8)
+
+    def submit(job: ProgramJob | InferJob | MeasureJob | SweepJob) -> int:
+        return int(jobs.submit(job.kind, job.stored_params())["id"])
+
+    def infer(**kw: Any) -> InferJob:
+        return InferJob(die=(1, 0), method="placed", inputs=x, **kw)
+
+    submit(ProgramJob(die=(1, 0), method="sat", train_run=2))
+    _finish_next(jobs, "succeeded")
+    newer = submit(ProgramJob(die=(1, 0), method="placed", train_run=3))
+    queued = infer()
+    pin_to_programmed(queued, jobs.last_writer((1, 0)))  # the queued program counts
+    infer_id = submit(queued)
+    assert jobs.cancel(newer)[0]  # cancelled before it started: the die holds SAT
+    pin_to_programmed(infer(train_run=3), None, starting=True)  # nothing on record: trusted
+    with pytest.raises(RejectedJobError, match=re.escape("die 1,0 holds 'sat' (training run 2, "
+                                                         "job 1)")):
+        pin_to_programmed(infer(train_run=3), jobs.last_writer((1, 0), before=infer_id),
+                          starting=True)
+    assert _finish_next(jobs, "failed") == infer_id
+    for kind, state, message in (
+            ("program", "failed", "last program job 4 is failed: the die holds at most part"),
+            ("program", "interrupted", "last program job 5 is interrupted"),
+            ("measure", "succeeded", "measure job 6 (succeeded) rewrites the cells of die 1,0"),
+            ("sweep", "succeeded", "sweep job 7 (succeeded) rewrites the cells of die 1,0")):
+        job = {"program": ProgramJob(die=(1, 0), method="placed", train_run=3),
+               "measure": MeasureJob(die=(1, 0)), "sweep": SweepJob()}[kind]
+        submit(job)
+        _finish_next(jobs, state)
+        with pytest.raises(RejectedJobError, match=re.escape(message)):
+            pin_to_programmed(infer(), jobs.last_writer((1, 0)))
+    queued_measure = submit(MeasureJob(die=(1, 0)))  # a measure queued: refused ahead
+    with pytest.raises(RejectedJobError, match=f"measure job {queued_measure} .queued."):
+        pin_to_programmed(infer(), jobs.last_writer((1, 0)))
+    assert jobs.last_writer((2, 0)) is not None  # a sweep writes every die
     jobs.close()
