@@ -6,10 +6,11 @@ Exit codes: 0 ok, 1 failed (or interrupted) run, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dies[0].set_postfix(die=f"{die.col},{die.row}", **m.counts())
 
     try:
-        with RunStore(args.store) as store, stop_on_interrupt(stop):
+        with RunStore(args.store) as store, stop_on_interrupt(stop), _station_of(store.path):
             run_id = run_sweep(config, store, resume=args.resume is not None,
                                resume_run=args.resume or None, stop=stop, progress=progress,
                                planned=planned)
@@ -51,6 +52,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             made.close()
     _say(args, f"run {run_id}: sweep finished; results in {args.store}")
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _station_of(store_path: Path) -> Iterator[None]:
+    """Hold the store's station lock (`locking.hold_station`) while the block drives it."""
+    from .locking import hold_station
+
+    held = hold_station(store_path)
+    if held is None:
+        print(f"warning: {store_path}: cannot lock the station (no file locks here); do not "
+              "drive it from another process meanwhile", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        if held is not None:
+            held.close()
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from .job_kinds import (
     validate_job,
 )
 from .jobs import TERMINAL, AlreadyResumedError, JobStore, QueueFullError, Worker
+from .locking import hold_station
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,14 @@ class Service:
         self.config = config
         self.store_path = store_path
         self.jobs = JobStore(jobs_path, max_queued=max_queued, keep_finished=keep_finished)
+        try:  # the queue may sit elsewhere (jobs_path): the store's station is locked too
+            self._station = hold_station(store_path)
+        except BaseException:
+            self.jobs.close()
+            raise
+        if self._station is None:
+            log.warning("%s: cannot lock the station (no file locks here); do not sweep this "
+                        "store from another process while the service runs", store_path)
         self.broker = EventBroker()
         self.jobs.listeners.append(self.broker.publish)
         self.worker = Worker(config, self.jobs, store_path, station_factory=station_factory,
@@ -213,6 +222,8 @@ class Service:
     def stop(self) -> None:
         self.worker.stop()
         self.jobs.close()
+        if self._station is not None:
+            self._station.close()
 
     def job_or_404(self, job_id: int) -> dict[str, Any]:
         job = self.jobs.get(job_id)

@@ -149,3 +149,24 @@ def test_a_bad_plan_makes_no_run_and_any_unfinished_sweep_can_be_resumed(
     assert "run 1 is a finished sweep run, not an unfinished sweep" in capsys.readouterr().err
     with RunStore(store) as rs:
         assert sorted(rs.dies_done(first)) == ["0,0", "1,0"]
+
+
+def test_one_process_drives_the_station_of_a_store(tmp_path: Path, station_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Two sweeps of one store (or a sweep of a store a service is serving) stepped one
+    prober from two processes: the second is refused, and the store gets no run from it."""
+    from instruments.locking import hold_station
+
+    store = tmp_path / "run.sqlite"
+    held = hold_station(store)  # as a running service or sweep holds it
+    assert held is not None
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store)]
+                ) == EXIT_FAILED
+    assert "another mtjlab process (a service or a sweep) is driving" in capsys.readouterr().err
+    with RunStore(store) as rs:
+        assert rs.runs() == []
+    held.close()
+    assert main(["-q", "sweep", "--station", str(station_file), "--store", str(store)]) == EXIT_OK
+    missing = tmp_path / "no_such_dir" / "run.sqlite"
+    with pytest.raises(ValueError, match="no_such_dir: no such folder"):
+        hold_station(missing)

@@ -13,7 +13,8 @@ import pytest
 
 from instruments.client import Client, RequestRejectedError, ServiceError
 from instruments.job_kinds import array_summary, encode_array
-from instruments.jobs import StoreInUseError
+from instruments.jobs import JobStore, StoreInUseError
+from instruments.locking import LockBusyError
 from instruments.service import create_app, default_jobs_path
 from instruments.station import Station
 from instruments.store import RunStore
@@ -263,8 +264,15 @@ def test_a_chunked_body_too_large_is_413(service) -> None:
 
 
 def test_a_second_service_on_the_same_queue_is_refused(tmp_path: Path) -> None:
-    with live(tmp_path), pytest.raises(StoreInUseError, match="another mtjlab service"):
-        create_app(small_config(), tmp_path / "run.sqlite")
+    with live(tmp_path):
+        with pytest.raises(StoreInUseError, match="another mtjlab service"):
+            create_app(small_config(), tmp_path / "run.sqlite")
+        # its own queue, the same store: the same station (and a CLI sweep of it, test_cli)
+        with pytest.raises(LockBusyError, match="driving the station of this store"):
+            create_app(small_config(), tmp_path / "run.sqlite",
+                       jobs_path=tmp_path / "other.jobs.sqlite")
+    other = JobStore(tmp_path / "other.jobs.sqlite")  # the refused service let its queue go
+    other.close()
     create_app(small_config(), tmp_path / "run.sqlite").state.service.jobs.close()  # free again
 
 
