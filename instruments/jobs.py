@@ -108,6 +108,20 @@ class StoreInUseError(RuntimeError):
     """Another service holds the job queue (and so the instruments)."""
 
 
+class QueueFileError(RuntimeError):
+    """The job queue file cannot be opened (corrupted, or not a queue)."""
+
+
+#: how long a write to the queue waits for another process's lock before failing
+BUSY_WAIT_S = 60.0
+
+
+def _busy(err: sqlite3.Error) -> bool:
+    """A lock held by another connection (transient), rather than a damaged file."""
+    return isinstance(err, sqlite3.OperationalError) and ("locked" in str(err)
+                                                          or "busy" in str(err))
+
+
 class JobStore:
     """Jobs and their results in one SQLite file (WAL); safe to share between threads."""
 
@@ -130,22 +144,27 @@ class JobStore:
             raise StoreInUseError(f"{lock}: another mtjlab service is using this job queue and "
                                   "its instruments; stop it first")
         self._held = held
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                      timeout=10)
-        except sqlite3.Error:
-            self._held.close()
-            raise
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
-        with self._tx() as db:
-            _describe_old_jobs(db)
-            db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
-                       "error='the service stopped while the job was running' "
-                       "WHERE state='running'", (time.time(),))
-            self._prune(db)
+        try:
+            # another process may hold the file a while (an operator's sqlite3 session):
+            # bookkeeping waits for it rather than fail a measurement
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                      timeout=BUSY_WAIT_S)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            with self._tx() as db:
+                _describe_old_jobs(db)
+                db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
+                           "error='the service stopped while the job was running' "
+                           "WHERE state='running'", (time.time(),))
+                self._prune(db)
+        except sqlite3.Error as err:
+            self._held.close()
+            raise QueueFileError(f"{self.path}: the job queue cannot be opened ({err}; "
+                                 "corrupted, or another program's database?); move it aside "
+                                 "to start with an empty queue (the run store is not "
+                                 "affected)") from None
 
     def _prune(self, db: sqlite3.Connection, just_finished: int = 0) -> None:
         """Delete finished jobs (and their results) beyond the `keep_finished` that finished
@@ -319,7 +338,14 @@ class JobStore:
                      (), "AND state='running'")
 
     def progress(self, job_id: int, done: int, total: int | None, message: str = "") -> None:
-        self._update(job_id, "done=?, total=?, message=?", (done, total, message))
+        """Report progress; best effort: a queue locked by another process past
+        BUSY_WAIT_S skips this report rather than fail the measurement."""
+        try:
+            self._update(job_id, "done=?, total=?, message=?", (done, total, message))
+        except sqlite3.OperationalError as err:
+            if not _busy(err):
+                raise
+            log.warning("job %d: progress not recorded (%s: %s)", job_id, self.path, err)
 
     def note(self, job_id: int, **summary: Any) -> None:
         """Merge keys into a job's summary (e.g. the run a sweep writes to)."""
@@ -486,8 +512,14 @@ class Worker:
     def _next(self) -> dict[str, Any] | None:
         with self._wake:
             while not self._stopping:
-                if not self._paused and (job := self.jobs.claim_next()) is not None:
-                    return job
+                try:
+                    if not self._paused and (job := self.jobs.claim_next()) is not None:
+                        return job
+                except sqlite3.OperationalError as err:  # idle: wait for the lock to go
+                    if not _busy(err):
+                        raise
+                    log.warning("%s: job queue locked by another process (%s); waiting",
+                                self.jobs.path, err)
                 self._wake.wait(1.0)
         return None
 

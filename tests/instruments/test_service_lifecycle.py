@@ -359,3 +359,54 @@ def test_a_job_claimed_as_the_signal_lands_stays_queued(tmp_path: Path) -> None:
         svc.worker._thread.join(10)
         view = c.get(job["id"])
         assert (view["state"], view["started_at"], view["attempts"]) == ("queued", None, 0)
+
+
+def test_a_queue_locked_by_another_process_delays_bookkeeping_but_fails_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator's sqlite3 session holding the queue file stopped the worker for good
+    ("database is locked"), or failed the sweep it was running at its next progress report.
+    Progress is best effort; the idle worker waits; a damaged queue file is named as such."""
+    import sqlite3
+
+    import instruments.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "BUSY_WAIT_S", 0.2)
+    path = tmp_path / "q.jobs.sqlite"
+    jobs = JobStore(path)
+    job_id = jobs.submit("measure", {"die": [0, 0]})["id"]
+    assert jobs.claim_next() is not None
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # a write transaction left open elsewhere
+    jobs.progress(job_id, 1, 2, "half way")  # skipped, not raised
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        jobs.claim_next()  # what the idle worker's loop now waits out
+    other.execute("ROLLBACK")
+    jobs.progress(job_id, 2, 2, "done")
+    assert jobs.get(job_id)["progress"]["message"] == "done"
+    jobs.close()
+    other.close()
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(jobs_module.QueueFileError, match=r"q.jobs.sqlite: the job queue cannot "
+                       r"be opened .*move it aside .*run store is not affected"):
+        JobStore(path)
+    path.unlink()
+    JobStore(path).close()  # the lock was let go
+
+
+def test_the_idle_worker_outlives_a_locked_queue(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+    import time
+
+    import instruments.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "BUSY_WAIT_S", 0.1)
+    with live(tmp_path) as (_url, app):
+        worker = app.state.service.worker
+        other = sqlite3.connect(tmp_path / "run.jobs.sqlite", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        worker.wake()  # it polls the queue now, and finds it locked
+        time.sleep(1.5)
+        other.execute("ROLLBACK")
+        other.close()
+        assert worker.alive and worker.error is None
