@@ -84,6 +84,21 @@ class WaferPlan(_Model):
     dies: Literal["all"] | Annotated[list[tuple[int, int]], Field(min_length=1)] = "all"
     order: Literal["map", "listed"] = "map"
 
+    @field_validator("dies", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> Any:
+        """One message for a die written without its own brackets (`dies: [2, 0]`), where
+        pydantic gave three (not 'all', 2 not a tuple, 0 not a tuple) and no hint."""
+        example = "[[2, 0]] for die 2,0, or [[0, 0], [1, 0]] for two dies"
+        if isinstance(value, list) and any(not isinstance(d, list | tuple) for d in value):
+            if len(value) == 2 and all(isinstance(x, int) for x in value):
+                example = f"[[{value[0]}, {value[1]}]] for die {value[0]},{value[1]}"
+            raise ValueError(f"a list of [col, row] pairs, each in its own brackets: write "
+                             f"dies: {example} (got {value!r})")
+        if not isinstance(value, list | tuple) and value != "all":
+            raise ValueError(f"'all' or a list of [col, row] pairs, e.g. dies: {example}")
+        return value
+
     @model_validator(mode="after")
     def _each_die_once(self) -> WaferPlan:
         if self.dies != "all":
@@ -177,6 +192,37 @@ class StationConfig(_Model):
         return self
 
 
+def _step_problems(config: StationConfig) -> list[tuple[tuple[Any, ...], str]]:
+    """A write-pulse step as large as the safety limit on the amplitude: millivolts written
+    as volts (`pulse_step_v: 50` was taken as 50 V: the first failed write jumped straight
+    to the limit). A step that merely reaches the limit from a pulse_v near it is fine (the
+    escalation is capped there)."""
+    m, limit = config.measurement, config.safety.max_pulse_v
+    if m.pulse_step_v < limit:
+        return []
+    return [(("measurement", "pulse_step_v"),
+             f"{m.pulse_step_v:g} V is not smaller than safety.max_pulse_v = {limit:g} V: "
+             "the first failed write would jump straight to the limit. The step is in volts "
+             "(0.05 is 50 mV); give a smaller one, or 0 for no escalation")]
+
+
+def _yaml_error(err: yaml.YAMLError, source: str) -> str:
+    """`FILE:LINE: not valid YAML: what`, as the other station-file errors (PyYAML's own text
+    named '<unicode string>' and quoted the line over three more)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if not isinstance(err, yaml.MarkedYAMLError) or mark is None:
+        return f"{source}: not valid YAML: {err}"
+    context, problem = err.context or "", err.problem or ""
+    start = err.context_mark
+    if context and start is not None and start.line != mark.line:
+        context += f" (started at line {start.line + 1})"
+    what = ", ".join(x for x in (context, problem) if x) or "syntax error"
+    what += f" (column {mark.column + 1})"
+    if "'\\t'" in problem:
+        what += "; indent with spaces: YAML does not allow tabs"
+    return f"{source}:{mark.line + 1}: not valid YAML: {what}"
+
+
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     """1-based line of the deepest YAML node on a pydantic error location."""
     line = None
@@ -252,13 +298,20 @@ def _yes_no(data: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
             yield from _yes_no(value, (*path, i))
 
 
-def parse_station(text: str, source: str = "<station>") -> StationConfig:
-    """Validate station YAML text; raise StationFileError with an operator's message."""
+def parse_station(text: str, source: str = "<station>", *, new_run: bool = False
+                  ) -> StationConfig:
+    """Validate station YAML text; raise StationFileError with an operator's message.
+
+    `new_run`: the file is about to be used (load_station), so also refuse settings that are
+    valid but almost surely a mistake (a write-pulse step as large as the pulse limit). Not for a
+    stored run's copy (accepted when its run was made) nor a job's overrides (a job sets
+    pulse_v, not the step).
+    """
     try:
         root = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise StationFileError(f"{source}: not valid YAML: {err}") from err
+        raise StationFileError(_yaml_error(err, source)) from err
     if data is None:
         raise StationFileError(f"{source}: the station file is empty; it needs at least an "
                                "'instruments' section (see docs/stations/*.yaml)")
@@ -269,9 +322,13 @@ def parse_station(text: str, source: str = "<station>") -> StationConfig:
     if yes_no:
         raise StationFileError(_problems(source, root, yes_no))
     try:
-        return StationConfig.model_validate(data)
+        config = StationConfig.model_validate(data)
     except ValidationError as err:
         raise StationFileError(format_validation_error(err, source, root)) from err
+    step = _step_problems(config) if new_run else []
+    if step:
+        raise StationFileError(_problems(source, root, step))
+    return config
 
 
 def load_station(path: str | Path) -> StationConfig:
@@ -283,7 +340,7 @@ def load_station(path: str | Path) -> StationConfig:
         raise StationFileError(f"{path}: station file not found") from err
     except (OSError, UnicodeDecodeError) as err:
         raise StationFileError(f"{path}: cannot read station file: {err}") from err
-    return parse_station(text, str(path))
+    return parse_station(text, str(path), new_run=True)
 
 
 def station_to_yaml(config: StationConfig) -> str:

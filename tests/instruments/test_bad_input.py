@@ -135,7 +135,9 @@ CASES = [
                                               "--store", str(tmp / "s.sqlite")],
          EXIT_BAD_INPUT, ("nope.yaml: station file not found",)),
     Case("station file malformed YAML", _station("safety: [1, 2\n"), EXIT_BAD_INPUT,
-         ("station.yaml: not valid YAML",)),
+         ("station.yaml:2: not valid YAML: while parsing a flow sequence (started at line 1)",)),
+    Case("tab in the station file", _station("name: x\nsafety:\n\tmax_pulse_v: 1.0\n"),
+         EXIT_BAD_INPUT, ("station.yaml:3: not valid YAML: ", "YAML does not allow tabs")),
     Case("station file not a mapping", _station("- 1\n- 2\n"), EXIT_BAD_INPUT,
          ("expected a mapping of sections at the top level",)),
     Case("station file invalid value", _station("safety:\n  max_pulse_v: -1\n"), EXIT_BAD_INPUT,
@@ -148,6 +150,9 @@ CASES = [
          ("instruments: missing: give the prober's and tester's VISA addresses",)),
     Case("empty die list", _station(f"{FAST}\nwafer: {{dies: []}}\n"), EXIT_BAD_INPUT,
          ("wafer.dies: List should have at least 1 item",)),
+    Case("die without its brackets", _station(f"{FAST}\nwafer:\n  dies: [2, 0]\n"),
+         EXIT_BAD_INPUT, ("station.yaml:3: wafer.dies: Value error, a list of [col, row] pairs, "
+                          "each in its own brackets: write dies: [[2, 0]]",)),
     Case("yes for a number", _station(
         f"{FAST}\nmeasurement: {{averages: yes}}\nwafer: {{dies: [[on, 0]]}}\n"),
          EXIT_BAD_INPUT, ("measurement.averages: expected a number or a name (YAML reads yes, "
@@ -165,6 +170,9 @@ CASES = [
          ("measurement.pulse_width_s: Value error, outside the tester's range, 1e-09 to 0.001 s",)),
     Case("infinite setting", _station(f"{FAST}\nmeasurement: {{pulse_step_v: .inf}}\n"),
          EXIT_BAD_INPUT, ("measurement.pulse_step_v: Input should be a finite number (got inf)",)),
+    Case("pulse step in millivolts", _station(f"{FAST}\nmeasurement:\n  pulse_step_v: 50\n"),
+         EXIT_BAD_INPUT, ("station.yaml:3: measurement.pulse_step_v: 50 V is not smaller than "
+                          "safety.max_pulse_v = 1.2 V",)),
     Case("fault rates above one", _station(
         "instruments: {simulated: {wafer: {faults: {timeout_rate: 0.7, drop_rate: 0.7}}}}\n"),
          EXIT_BAD_INPUT, ("fault rates add up to more than 1",)),
