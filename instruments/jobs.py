@@ -155,6 +155,10 @@ class JobStore:
             self.db.executescript(_SCHEMA)
             with self._tx() as db:
                 _describe_old_jobs(db)
+                #: (id, summary) of the jobs a stopped service left running, now interrupted
+                self.interrupted_at_start = [
+                    (int(i), json.loads(summary)) for i, summary in db.execute(
+                        "SELECT id, summary FROM jobs WHERE state='running'").fetchall()]
                 db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
                            "error='the service stopped while the job was running' "
                            "WHERE state='running'", (time.time(),))

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -190,6 +191,25 @@ class BodyLimit:
 
 
 # ---- the app ------------------------------------------------------------------------------------
+def _mark_runs_interrupted(store_path: Path, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+    """The runs of jobs a stopped service left running (killed mid-sweep) are `interrupted`
+    in the run store too, not `running` forever with no process behind them."""
+    runs = [(job_id, summary["run_id"]) for job_id, summary in jobs if "run_id" in summary]
+    if not runs or not store_path.exists():
+        return
+    from .store import RunStore, StoreError
+
+    try:
+        with RunStore(store_path) as store:
+            for job_id, run_id in runs:
+                if store.run_row(run_id)["status"] == "running":
+                    store.set_status(run_id, "interrupted",
+                                     f"the service stopped while job {job_id} ran; resume with "
+                                     f"'mtjlab jobs --resume {job_id}'")
+    except (StoreError, sqlite3.Error) as err:  # the jobs are interrupted all the same
+        log.warning("%s: runs of interrupted jobs not marked: %s", store_path, err)
+
+
 class Service:
     """The queue, the worker and the event fan-out of one station."""
 
@@ -208,6 +228,7 @@ class Service:
         if self._station is None:
             log.warning("%s: cannot lock the station (no file locks here); do not sweep this "
                         "store from another process while the service runs", store_path)
+        _mark_runs_interrupted(store_path, self.jobs.interrupted_at_start)
         self.broker = EventBroker()
         self.jobs.listeners.append(self.broker.publish)
         self.worker = Worker(config, self.jobs, store_path, station_factory=station_factory,

@@ -66,6 +66,10 @@ def test_killed_and_restarted(tmp_path: Path) -> None:
         assert stopped["state"] == "interrupted", stopped
         assert "stopped while the job was running" in stopped["error"]
         done_before = stopped["progress"]["done"]
+        with RunStore(store, read_only=True) as rs:  # not `running` forever in the store
+            row = rs.run_row(stopped["summary"]["run_id"])
+        assert row["status"] == "interrupted", row
+        assert f"resume with 'mtjlab jobs --resume {sweep['id']}'" in row["error"]
         for q in queued:  # intact, and run once after the restart
             final = c.wait(q["id"], timeout_s=60)
             assert final["state"] == "succeeded" and final["attempts"] == 1
