@@ -669,11 +669,16 @@ def run_train(ctx: JobContext, job: TrainJob) -> Outcome:
     from .offline import train_from_store
 
     def each_epoch(stage: str, done: int, total: int, loss: float) -> None:
-        ctx.check_stop()  # cancel / shutdown: stop between epochs; this method is not stored
+        # cancel / shutdown: stop between epochs; this method is not stored
+        ctx.check_stop(f"after {stage} epoch {done}/{total}; {job.method} not stored")
         ctx.progress(done, total, f"{stage}: epoch {done}/{total}, loss {loss:.3f}")
 
+    def each_step(what: str) -> None:  # after the last epoch: placement, then storing
+        ctx.check_stop(f"before {what}; {job.method} not stored")
+        ctx.progress(1, 1, what)
+
     return _run_offline(train_from_store, ctx, method=job.method, seed=job.seed,
-                        data_dir=job.data_dir, on_epoch=each_epoch)
+                        data_dir=job.data_dir, on_epoch=each_epoch, on_step=each_step)
 
 
 def run_evaluate(ctx: JobContext, job: EvaluateJob) -> Outcome:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -200,14 +201,18 @@ def _open(store_path: str | Path) -> RunStore:
 def train_from_store(store_path: str | Path, method: str, seed: int = 0,
                      data_dir: str | None = None, quiet: bool = True,
                      config: ExperimentConfig | None = None,
-                     on_epoch: StageEpochHook | None = None) -> dict[str, Any]:
+                     on_epoch: StageEpochHook | None = None,
+                     on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train `method` (baseline | hat | sat) on the latest sweep's measured maps; store it.
 
     HAT and SAT start from the store's baseline for this sweep (same data, seed and network),
     training one first if there is none. SAT's weights are also placed on every measured die
     (the `placed` method). on_epoch(stage, done, total, loss) runs after every epoch (besides
-    the progress bars); an exception from it stops training and nothing is stored.
+    the progress bars), on_step(what) before each step after HAT's or SAT's last epoch
+    (placement, storing); an exception from either stops training and that method is not
+    stored (a baseline trained on the way is).
     """
+    step = on_step or (lambda _what: None)
     if method not in TRAIN_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(TRAIN_METHODS)}")
     config = config or ExperimentConfig()
@@ -233,8 +238,10 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
             else:
                 say(quiet, "statistics-aware training")
                 result = run_sat(data, setup, baseline, config, seed, for_stage(epochs, "sat"))
+                step("placement")
                 say(quiet, f"placing the SAT weights on {len(measured.dies)} dies")
                 layouts = run_placement(data, setup, result.weights, config)
+            step(f"storing the {method} weights")
             run_id, info = _save_trained(store, measured, method, seed, data_dir, config,
                                          result, layouts, base_err)
     say(quiet, f"run {run_id}: {method} trained on {len(measured.dies)} dies measured by "

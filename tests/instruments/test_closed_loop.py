@@ -387,3 +387,26 @@ def test_an_infer_job_refuses_a_die_its_program_no_longer_holds(tmp_path: Path) 
         pin_to_programmed(infer(), jobs.last_writer((1, 0)))
     assert jobs.last_writer((2, 0)) is not None  # a sweep writes every die
     jobs.close()
+
+
+@pytest.mark.slow
+def test_a_stop_after_the_last_epoch_stores_nothing(swept_store: Path) -> None:
+    """A train job cancelled once its epochs were done was placed and stored all the same
+    (SAT's placement takes seconds after the last epoch): the steps after the epochs ask."""
+    from instruments.job_kinds import StopRequestedError
+
+    seen: list[str] = []
+
+    def stop_before_storing(what: str) -> None:
+        seen.append(what)
+        if what.startswith("storing"):
+            raise StopRequestedError(f"before {what}")
+
+    with RunStore(swept_store, create=False) as store:
+        before = len(store.runs())
+    with pytest.raises(StopRequestedError, match="before storing the hat weights"):
+        train_from_store(swept_store, "hat", config=ExperimentConfig.small(),
+                         on_step=stop_before_storing)
+    assert seen == ["storing the hat weights"]
+    with RunStore(swept_store, create=False) as store:
+        assert [r.kind for r in store.runs()[before:]] == ["train"]  # the baseline, kept
