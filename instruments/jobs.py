@@ -122,6 +122,13 @@ def _busy(err: sqlite3.Error) -> bool:
                                                           or "busy" in str(err))
 
 
+def _check_not_resumed(db: sqlite3.Connection, job_id: int) -> None:
+    again = db.execute("SELECT id FROM jobs WHERE resumed_from=?", (job_id,)).fetchone()
+    if again is not None:
+        raise AlreadyResumedError(f"job {job_id} was already resumed as job {again[0]}; follow "
+                                  "or resume that one")
+
+
 class JobStore:
     """Jobs and their results in one SQLite file (WAL); safe to share between threads."""
 
@@ -302,6 +309,11 @@ class JobStore:
         return None if row is None else bytes(row[0])
 
     # ---- transitions -----------------------------------------------------------------------
+    def check_not_resumed(self, job_id: int) -> None:
+        """AlreadyResumedError naming the job that resumed `job_id`, if one did."""
+        with self._lock:
+            _check_not_resumed(self.db, job_id)
+
     def submit(self, kind: str, params: dict[str, Any], resumed_from: int | None = None
                ) -> dict[str, Any]:
         with self._tx() as db:
@@ -310,11 +322,7 @@ class JobStore:
                 raise QueueFullError(f"{queued} jobs are queued (limit {self.max_queued}); "
                                 "try again later")
             if resumed_from is not None:  # once: a second resume would queue the job twice
-                again = db.execute("SELECT id FROM jobs WHERE resumed_from=?",
-                                   (resumed_from,)).fetchone()
-                if again is not None:
-                    raise AlreadyResumedError(f"job {resumed_from} was already resumed as job "
-                                              f"{again[0]}; follow or resume that one")
+                _check_not_resumed(db, resumed_from)
             cur = db.execute("INSERT INTO jobs (kind, params, described, state, submitted, "
                              "resumed_from) VALUES (?, ?, ?, 'queued', ?, ?)",
                              (kind, json.dumps(params), _describe_params(params), time.time(),

@@ -390,9 +390,12 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
             raise HTTPException(409, f"job {job_id} is {job['state']}; only interrupted, "
                                      "cancelled or failed jobs can be resumed")
         try:
-            params = svc.jobs.params(job_id)
+            svc.jobs.check_not_resumed(job_id)  # before the checks a new job gets (a sweep
+            params = svc.jobs.params(job_id)  # resumed once has finished its run: 422)
         except KeyError:  # pruned since the lookup
             raise HTTPException(404, f"no job {job_id}") from None
+        except AlreadyResumedError as err:
+            raise HTTPException(409, str(err)) from None
         kind = params.pop("kind")
         run_id = job["summary"].get("run_id")
         if kind == "sweep" and run_id is not None:

@@ -195,6 +195,10 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
         final = c.wait(again["id"], timeout_s=60)
         assert final["state"] == "succeeded", final
         assert final["summary"] == {"run_id": run_id, "dies": 36, "measured_now": 36 - done}
+        with pytest.raises(RequestRejectedError, match=f"already resumed as job {again['id']}"
+                           ) as err:  # not "run 1 is a finished sweep run" (422)
+            c.resume(job["id"])
+        assert err.value.status == 409
         with RunStore(tmp_path / "run.sqlite", create=False) as store:
             dies = store.dies_done(run_id)
             assert len(dies) == len(set(dies)) == 36
