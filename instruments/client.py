@@ -6,8 +6,10 @@
         arrays = c.result(job["id"])         # {"kinds": ..., "r_p_ohm": ..., "r_ap_ohm": ...}
 
 Errors: `RequestRejectedError` (a ValueError) for requests the service refused (4xx: bad
-input, unknown job, wrong token), `ServiceError` (a RuntimeError) when the service cannot be
-reached or failed, `JobFailedError` from `run` when a job ended in any state but succeeded.
+input, unknown job, wrong token; a refused job's fields are in its `problems`), a ValueError
+for a service URL that is not http:// or https://, `ServiceError` (a RuntimeError) when the
+service cannot be reached or failed, `JobFailedError` from `run` when a job ended in any
+state but succeeded.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple, get_args
 
 import httpx
 import numpy as np
 
-from .job_kinds import encode_array
+from .job_kinds import JobRequest, encode_array
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV, TOKEN_ENV = "MTJLAB_SERVER", "MTJLAB_TOKEN"
@@ -44,12 +46,27 @@ class ServiceError(RuntimeError):
         self.status = status
 
 
-class RequestRejectedError(ValueError):
-    """The service refused the request (4xx); the message is the service's reason."""
+class Problem(NamedTuple):
+    """One reason a request failed validation (422): the field, as a path into the request
+    (a job's parameter, a query parameter; empty for the request as a whole), the message,
+    pydantic's error type ("missing", "greater_than", ...)."""
 
-    def __init__(self, message: str, status: int) -> None:
+    field: tuple[str | int, ...]
+    message: str
+    type: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.field))}: {self.message}" if self.field else self.message
+
+
+class RequestRejectedError(ValueError):
+    """The service refused the request (4xx); the message is the service's reason, and
+    `problems` its validation errors field by field (422 from request validation only)."""
+
+    def __init__(self, message: str, status: int, problems: tuple[Problem, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.problems = problems
 
 
 class JobFailedError(RuntimeError):
@@ -61,15 +78,49 @@ class JobFailedError(RuntimeError):
         self.job = job
 
 
-def _detail(response: httpx.Response) -> str:
+#: the job kinds: the tag a job request's validation errors carry after "body"
+JOB_KINDS = frozenset(kind for model in get_args(get_args(JobRequest)[0])
+                      for kind in get_args(model.model_fields["kind"].annotation))
+
+
+def _problem(error: Any) -> Problem:
+    """A validation error of the service's 422 in the request's own terms: its location without
+    FastAPI's part ("body", "query") or the job kind's tag, its message without pydantic's
+    "Value error, " prefix."""
+    if not isinstance(error, dict):
+        return Problem((), str(error), "")
+    loc = list(error.get("loc") or ())
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        where = loc.pop(0)
+        if where == "body" and loc and loc[0] in JOB_KINDS:
+            loc.pop(0)
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    return Problem(tuple(loc), message, str(error.get("type", "")))
+
+
+def _detail(response: httpx.Response) -> tuple[str, tuple[Problem, ...]]:
+    """The service's reason for an error answer, and its validation problems if any."""
     try:
         detail = response.json().get("detail", response.text)
     except (ValueError, AttributeError):
-        return response.text or response.reason_phrase
+        return response.text or response.reason_phrase, ()
     if isinstance(detail, list):  # pydantic's validation errors
-        return "; ".join(f"{'.'.join(str(x) for x in d.get('loc', ()))}: {d.get('msg')}"
-                         for d in detail)
-    return str(detail)
+        problems = tuple(_problem(d) for d in detail)
+        return "; ".join(map(str, problems)), problems
+    return str(detail), ()
+
+
+def _check_url(url: str) -> None:
+    """ValueError unless `url` is an http:// or https:// URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as err:
+        raise ValueError(f"the service URL {url!r} is not valid: {err}") from None
+    if parsed.scheme not in ("http", "https"):
+        hint = f" (write http://{url})" if "://" not in url else ""
+        raise ValueError(f"the service URL {url!r} does not start with http:// or https://{hint}")
+    if not parsed.host:
+        raise ValueError(f"the service URL {url!r} names no host")
 
 
 class Client:
@@ -77,7 +128,9 @@ class Client:
 
     def __init__(self, url: str | None = None, token: str | None = None,
                  timeout_s: float = 30.0) -> None:
-        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        _check_url(url)
+        self.url = url.rstrip("/")
         token = token or os.environ.get(TOKEN_ENV)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s
@@ -104,9 +157,10 @@ class Client:
     def _raise_for(response: httpx.Response) -> None:
         if response.status_code < 400:
             return
-        message = f"{response.status_code}: {_detail(response)}"
+        detail, problems = _detail(response)
+        message = f"{response.status_code}: {detail}"
         if 400 <= response.status_code < 500:
-            raise RequestRejectedError(message, response.status_code)
+            raise RequestRejectedError(message, response.status_code, problems)
         raise ServiceError(message, response.status_code)
 
     # ---- the service -----------------------------------------------------------------------

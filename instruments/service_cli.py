@@ -1,15 +1,20 @@
 """`mtjlab serve | submit | jobs | watch`: the station service from the command line.
 
 Same conventions as instruments/cli.py: exit 0 ok, 1 failed (job failed, service unreachable),
-2 bad input (refused request, unknown job, wrong token, bad file). The server address comes
-from --server or MTJLAB_SERVER, the token from --token or MTJLAB_TOKEN.
+2 bad input (refused request, unknown job, wrong token, bad file, a server address without
+http://). The server address comes from --server or MTJLAB_SERVER, the token from --token or
+MTJLAB_TOKEN. Ctrl-C while following a job (submit --wait, watch) stops following, not the
+job: exit 1 with the command that cancels it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import io
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +30,34 @@ KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
 METHOD_CHOICES = list(dict.fromkeys(["baseline", "hat", "sat", *get_args(ProgramMethod)]))
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from .client import Client
+#: the options that set a job's fields (to name them in the service's refusals)
+SUBMIT_OPTIONS = {"die": "--die", "targets": "--targets", "inputs": "--inputs",
+                  "pulse_v": "--pulse-v", "method": "--method", "train_run": "--train-run",
+                  "seed": "--seed", "data_dir": "--data-dir", "resume_run": "--resume-run"}
+#: the same for the query parameters of `mtjlab jobs`
+JOBS_OPTIONS = {"state": "--state", "kind": "--kind", "limit": "--limit"}
 
-    return Client(args.server, token=args.token)
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import URL_ENV, Client
+
+    try:
+        return Client(args.server, token=args.token)
+    except ValueError as err:  # no http:// (a host:port): bad input, with the fix
+        source = "--server" if args.server else URL_ENV
+        raise ValueError(f"{source}: {err}") from None
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535 (0: any free "
+                                         f"port), got {text!r}")
+    return value
 
 
 def _die(text: str) -> list[int]:
@@ -39,11 +68,25 @@ def _die(text: str) -> list[int]:
     return [col, row]
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _load_npy(path: str) -> np.ndarray:
+    """The array of a .npy file (np.save), never unpickled; ValueError with the reason."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+            f.seek(0)
+            array = np.load(f, allow_pickle=False) if magic == NPY_MAGIC else None
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError) as err:  # EOFError: a truncated file
         raise ValueError(f"{path}: cannot read a .npy array: {err}") from err
+    if array is None:  # numpy would take it for a pickle, and suggest unpickling it
+        what = ("a .npz archive (numpy.savez), not a .npy array file" if magic.startswith(b"PK")
+                else "not a .npy array file")
+        raise ValueError(f"{path}: {what}; write one with numpy.save")
+    return array
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -56,9 +99,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = json.loads(args.params) if args.params else {}
+    try:
+        params: dict[str, Any] = json.loads(args.params) if args.params else {}
+    except ValueError as err:
+        raise ValueError(f"--params is not valid JSON: {err}") from None
     if not isinstance(params, dict):
         raise ValueError("--params must be a JSON object")
+    if "kind" in params:
+        raise ValueError("--params cannot set the job's kind: give it as the first argument "
+                         f"(mtjlab submit KIND; here {args.kind})")
     options = {"die": args.die, "method": args.method, "seed": args.seed,
                "data_dir": args.data_dir, "pulse_v": args.pulse_v,
                "resume_run": args.resume_run, "train_run": args.train_run}
@@ -113,24 +162,101 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _follow(client: Any, job_id: int, args: argparse.Namespace, out: str | None) -> int:
-    """Print progress until the job ends; exit 0 only if it succeeded."""
+    """Print progress until the job ends; exit 0 only if it succeeded. Ctrl-C stops following
+    only: the job goes on on the service, and the message says how to cancel it."""
     job: dict[str, Any] = {}
-    for job in client.events(job_id, timeout_s=args.timeout):
-        _say(args, f"job {job_id}: {job['state']:<10} {_progress(job):<8} "
-                   f"{job['progress']['message']}")
+    try:
+        for job in client.events(job_id, timeout_s=args.timeout):
+            _say(args, f"job {job_id}: {job['state']:<10} {_progress(job):<8} "
+                       f"{job['progress']['message']}")
+    except KeyboardInterrupt as stop:
+        where = ("is still queued on the service (it will run)" if job.get("state") == "queued"
+                 else "goes on running on the service")
+        _stopped(args, stop, f"stopped following job {job_id}, which {where}; cancel it with "
+                             f"`{_command(args, f'jobs --cancel {job_id}')}`, or follow it "
+                             f"again with `{_command(args, f'watch {job_id}')}`")
+        return EXIT_FAILED
     if job["state"] != "succeeded":
         print(f"job {job_id} {job['state']}: {job['error'] or ''}", file=sys.stderr)
         return EXIT_FAILED
     if out:
-        _save_result(client, job_id, out)
+        try:
+            _save_result(client, job_id, out)
+        except KeyboardInterrupt as stop:
+            _stopped(args, stop, f"job {job_id} succeeded but its arrays were not saved; get "
+                                 f"them with `{_command(args, f'jobs --result {job_id} --out')} "
+                                 f"{out}`")
+            return EXIT_FAILED
     print(json.dumps(job["summary"]))
     return EXIT_OK
 
 
+def _stopped(args: argparse.Namespace, stop: KeyboardInterrupt, text: str) -> None:
+    from .interrupts import Terminated
+
+    how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+    print(f"mtjlab {args.command}: {how}: {text}", file=sys.stderr)
+
+
+def _command(args: argparse.Namespace, rest: str) -> str:
+    """An `mtjlab` command line for the same service (its --server, if one was given)."""
+    return f"mtjlab {rest}" + (f" --server {args.server}" if args.server else "")
+
+
 def _save_result(client: Any, job_id: int, out: str) -> None:
+    """Write the job's arrays as .npz to exactly `out` (np.savez given a name adds .npz)."""
     arrays = client.result(job_id)
-    np.savez(Path(out), **arrays)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    Path(out).write_bytes(buf.getvalue())
     print(f"job {job_id}: arrays {sorted(arrays)} written to {out}", file=sys.stderr)
+
+
+def _explained(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`fn` with the service's refusals in the command line's terms: validation errors name
+    the option that sets the field, a missing or wrong token says how to give one."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        from .client import TOKEN_ENV, RequestRejectedError
+
+        try:
+            return fn(args)
+        except RequestRejectedError as err:
+            if err.status in (401, 403):
+                how = "give it" if err.status == 401 else "check the one given"
+                raise RequestRejectedError(f"{err} ({how} with --token or {TOKEN_ENV})",
+                                           err.status, err.problems) from None
+            if err.problems:
+                options = SUBMIT_OPTIONS if args.command == "submit" else JOBS_OPTIONS
+                text = "; ".join(_problem_text(p, options, args.command == "submit")
+                                 for p in err.problems)
+                raise RequestRejectedError(f"{err.status}: {text}", err.status,
+                                           err.problems) from None
+            raise
+
+    return run
+
+
+def _problem_text(problem: Any, options: dict[str, str], params: bool) -> str:
+    """One validation problem naming the option that sets its field (or --params)."""
+    field, message = problem.field, problem.message
+    if not field:  # the request as a whole: name the options its message speaks of
+        named = [options[w] for w in dict.fromkeys(re.findall(r"[a-z_]+", message))
+                 if w in options]
+        if not named:
+            return message
+        joint = " or " if " or " in message else ", "
+        return f"{message} ({joint.join(named)})"
+    name = str(field[0])
+    path = ".".join(map(str, field))
+    if name in options:
+        if problem.type == "missing" and len(field) == 1:
+            return f"{options[name]} is required"
+        where = options[name] if len(field) == 1 else f"{options[name]} ({path})"
+    else:
+        where = f"{path} (in --params)" if params else path
+    return f"{where}: {message}"
 
 
 def _progress(job: dict[str, Any]) -> str:
@@ -161,14 +287,14 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str
             ) -> argparse.ArgumentParser:
-        return add_command(sub, name, fn, help_)
+        return add_command(sub, name, _explained(fn), help_)
 
     sp = add("serve", cmd_serve, "run the station service (owns the instruments, HTTP jobs)")
     sp.set_defaults(own_signals=True)  # uvicorn's handlers halt the worker (service._server)
     sp.add_argument("--station", required=True, help="station YAML file")
     sp.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; others need a token)")
-    sp.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    sp.add_argument("--port", type=_port, default=8000, help="port (0: any free port)")
     sp.add_argument("--store", default=None,
                     help="run store (SQLite file; default mtjlab-runs.sqlite); the job queue "
                          "is kept next to it as <store>.jobs.sqlite")

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from instruments.cli import main
+from instruments.client import Client, Problem, RequestRejectedError
 from instruments.job_kinds import encode_array
 from instruments.jobs import AlreadyResumedError, JobStore
 from instruments.service import default_jobs_path
 
-from .service_support import live
+from .service_support import TOKEN, client, live, station_yaml
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +166,132 @@ def test_a_queue_file_from_before_stored_descriptions_opens_and_lists(tmp_path: 
         assert jobs.params(job["id"])["inputs"] == inputs  # the request itself is kept
     finally:
         jobs.close()
+
+
+# ---- messages: what went wrong, in the command line's terms ---------------------------------
+def test_ctrl_c_while_waiting_leaves_the_job_running_and_says_how_to_cancel_it(
+        url: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C stops following, not the job: the message says so and how to cancel it."""
+    followed = Client.events
+
+    def interrupted(self: Client, job_id: int, timeout_s: float | None = None
+                    ) -> Iterator[dict[str, Any]]:
+        for view in followed(self, job_id, timeout_s):
+            yield view
+            raise KeyboardInterrupt  # Ctrl-C after the first view
+
+    monkeypatch.setattr(Client, "events", interrupted)
+    assert main(["submit", "sweep", "--wait", "--server", url]) == 1
+    err = capsys.readouterr().err
+    job_id = int(re.search(r"job (\d+) \(sweep\) queued", err).group(1))
+    assert f"stopped following job {job_id}, which" in err
+    assert f"`mtjlab jobs --cancel {job_id} --server {url}`" in err
+    monkeypatch.undo()
+    with client(url) as c:
+        assert c.wait(job_id, timeout_s=60)["state"] == "succeeded"  # it went on
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["submit", "measure"], "mtjlab submit: error: 422: --die is required\n"),
+    (["submit", "program", "--die", "0,0"], "mtjlab submit: error: 422: a program job needs "
+                                            "targets or a method (--targets or --method)\n"),
+    (["submit", "program", "--die", "0,0", "--method", "hat", "--pulse-v", "0"],
+     "--pulse-v: Input should be greater than 0"),
+    (["submit", "infer", "--die", "0,0", "--params", '{"sizes": [1]}'],
+     "--inputs is required; sizes (in --params): Tuple should have at least 2 items"),
+    (["jobs", "--limit", "0"], "mtjlab jobs: error: 422: --limit: Input should be greater"),
+])
+def test_refused_fields_are_named_by_their_options(url: str, capsys: pytest.CaptureFixture,
+                                                   argv: list[str], message: str) -> None:
+    assert main([*argv, "--server", url]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "body." not in err and "Value error" not in err
+
+
+def test_the_client_reports_refused_fields_without_the_apis_internals(url: str) -> None:
+    with client(url) as c, pytest.raises(RequestRejectedError) as err:
+        c.submit("measure")
+    assert str(err.value) == "422: die: Field required"
+    assert err.value.problems == (Problem(("die",), "Field required", "missing"),)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"not npy\n", "junk.npy: not a .npy array file"),
+    (b"PK\x03\x04 an archive", "junk.npy: a .npz archive (numpy.savez), not a .npy array file"),
+])
+def test_a_file_that_is_not_npy_is_named_so(url: str, tmp_path: Path, content: bytes,
+                                            message: str, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "junk.npy"
+    path.write_bytes(content)
+    for option in ("--targets", "--inputs"):
+        assert main(["submit", "program", "--die", "0,0", option, str(path),
+                     "--server", url]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "pickle" not in err
+
+
+@pytest.mark.parametrize(("argv", "env", "message"), [
+    (["--server", "127.0.0.1:18904"], None,
+     "--server: the service URL '127.0.0.1:18904' does not start with http:// or https:// "
+     "(write http://127.0.0.1:18904)"),
+    ([], "localhost:8000", "MTJLAB_SERVER: the service URL 'localhost:8000' does not start "
+                           "with http:// or https:// (write http://localhost:8000)"),
+])
+def test_a_server_address_without_a_scheme_is_bad_input(
+        argv: list[str], env: str | None, message: str, capsys: pytest.CaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if env is not None:
+        monkeypatch.setenv("MTJLAB_SERVER", env)
+    assert main(["jobs", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_or_wrong_token_says_how_to_give_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MTJLAB_TOKEN", raising=False)
+    with live(tmp_path, token=TOKEN) as (base, _app):
+        assert main(["jobs", "--server", base]) == 2
+        assert ("401: missing bearer token (give it with --token or MTJLAB_TOKEN)"
+                in capsys.readouterr().err)
+        assert main(["jobs", "--server", base, "--token", "not-the-token"]) == 2
+        assert "403: wrong token (check the one given with --token or MTJLAB_TOKEN)" in (
+            capsys.readouterr().err)
+        assert main(["jobs", "--server", base, "--token", TOKEN]) == 0
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536", "http"])
+def test_serve_refuses_a_port_out_of_range(tmp_path: Path, port: str,
+                                           capsys: pytest.CaptureFixture) -> None:
+    station = station_yaml(tmp_path / "station.yaml")
+    assert main(["serve", "--station", str(station), "--port", port,
+                 "--store", str(tmp_path / "run.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "argument --port: expected a port number from 0 to 65535" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ('{"kind": "sweep"}', "--params cannot set the job's kind"),
+    ("{kind", "--params is not valid JSON"),
+])
+def test_params_that_cannot_be_used_are_bad_input(url: str, params: str, message: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    assert main(["submit", "measure", "--die", "0,0", "--params", params,
+                 "--server", url]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_out_writes_exactly_the_file_it_names(url: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "die.dat"
+    assert main(["-q", "submit", "measure", "--die", "0,0", "--out", str(out),
+                 "--server", url]) == 0
+    assert f"written to {out}\n" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["die.dat"]
+    with np.load(out) as npz:
+        assert npz["kinds"].shape == (100, 200)
+    with client(url) as c:
+        job_id = c.list(kind="measure")[-1]["id"]
+    again = tmp_path / "again"
+    assert main(["jobs", "--result", str(job_id), "--out", str(again), "--server", url]) == 0
+    assert again.is_file() and again.read_bytes() == out.read_bytes()
