@@ -99,7 +99,14 @@ class Station:
         if inst.simulated is not None:
             return simulated_hw.resource_manager(seed=inst.simulated.seed,
                                                  config=inst.simulated.wafer)
-        return pyvisa.ResourceManager(inst.visa_library)
+        try:
+            return pyvisa.ResourceManager(inst.visa_library)
+        except ValueError as err:  # pyvisa: "Wrapper not found: No package named pyvisa_py"
+            if "pyvisa_py" not in str(err):
+                raise
+            raise ValueError(f"{err}: the station file's visa_library '@py' needs the "
+                             "pyvisa-py backend: pip install pyvisa-py (or leave "
+                             "visa_library empty for the system VISA library)") from None
 
     def _resource_names(self) -> tuple[str, str]:
         inst = self.config.instruments

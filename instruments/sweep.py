@@ -40,9 +40,12 @@ def planned_dies(station: Station) -> list[DieIndex]:
     unknown = [d for d in wanted if d not in wafer_map]
     if unknown:
         shown = ", ".join(f"[{d.col}, {d.row}]" for d in unknown[:10])
+        cols, rows = [d.col for d in wafer_map], [d.row for d in wafer_map]
         raise ValueError(f"the station file's wafer.dies names {len(unknown)} die(s) not on the "
                          f"prober's wafer map of {len(wafer_map)}: {shown}"
-                         + (" ..." if len(unknown) > 10 else ""))
+                         + (" ..." if len(unknown) > 10 else "")
+                         + f" (its dies span columns {min(cols)}-{max(cols)}, rows "
+                           f"{min(rows)}-{max(rows)})")
     if plan.order == "map":
         return [d for d in wafer_map if d in wanted]
     return wanted

@@ -193,7 +193,11 @@ CASES = [
          EXIT_FAILED, ("cannot talk to the instruments", "gave up after 12 attempts",
                        "timed out waiting for the instrument")),
     Case("unknown die", _station(f"{FAST}\nwafer: {{dies: [[9, 9]]}}\n"), EXIT_BAD_INPUT,
-         ("wafer.dies names 1 die(s) not on the prober's wafer map of 36: [9, 9]",)),
+         ("wafer.dies names 1 die(s) not on the prober's wafer map of 36: [9, 9] (its dies "
+          "span columns 0-5, rows 0-5)",)),
+    Case("VISA backend missing", _station((REPO / "docs" / "stations" / "real.yaml").read_text()),
+         EXIT_BAD_INPUT, ("No package named pyvisa_py: the station file's visa_library '@py' "
+                          "needs the pyvisa-py backend: pip install pyvisa-py",)),
     Case("resume with nothing to resume", _resume_without_run, EXIT_BAD_INPUT,
          ("no unfinished sweep to resume",)),
     Case("store missing", lambda tmp: ["runs", "--store", str(tmp / "none.sqlite")],
