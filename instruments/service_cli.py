@@ -14,6 +14,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -208,7 +209,9 @@ def _save_result(client: Any, job_id: int, out: str) -> None:
     arrays = client.result(job_id)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    Path(out).write_bytes(buf.getvalue())
+    partial = Path(out).with_name(Path(out).name + ".partial")  # never a half file at `out`
+    partial.write_bytes(buf.getvalue())
+    os.replace(partial, out)
     print(f"job {job_id}: arrays {sorted(arrays)} written to {out}", file=sys.stderr)
 
 
