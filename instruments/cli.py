@@ -43,7 +43,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             dies[0].set_postfix(die=f"{die.col},{die.row}", **m.counts())
 
     try:
-        with RunStore(args.store) as store, stop_on_interrupt(stop), _station_of(store.path):
+        with RunStore(args.store) as store, stop_on_interrupt(stop), _holding_station(store.path):
             run_id = run_sweep(config, store, resume=args.resume is not None,
                                resume_run=args.resume or None, stop=stop, progress=progress,
                                planned=planned)
@@ -55,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _station_of(store_path: Path) -> Iterator[None]:
+def _holding_station(store_path: Path) -> Iterator[None]:
     """Hold the store's station lock (`locking.hold_station`) while the block drives it."""
     from .locking import hold_station
 

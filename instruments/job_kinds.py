@@ -264,11 +264,17 @@ class InferJob(_TrainedSolution):
         "auto", description="healthy-cell conductances the common-mode check expects: "
         "'measured' (fitted from the store's latest finished sweep, as training uses), "
         "'nominal' (the design's), 'auto' (measured if the store holds a finished sweep)")
+    pinned_to: Annotated[int, Field(ge=1, le=2**31)] | None = Field(
+        None, description="set by the service, not given: the program job whose training a "
+        "method's infer took (train_run not given), checked again when the infer starts")
 
     @model_validator(mode="after")
     def _network_or_method(self) -> InferJob:
         self._one_source(NETWORK_FIELDS, "a network")
         return self
+
+    def unused_fields(self) -> set[str]:
+        return super().unused_fields() | ({"pinned_to"} if self.pinned_to is None else set())
 
     def layout(self, rows: int, cols: int, read_voltage_v: float,
                device: DeviceModel | None = None) -> ArrayLayout:
@@ -372,14 +378,19 @@ def pin_to_programmed(job: InferJob, writer: DieWriter | None, starting: bool = 
     running counts) and again when it starts (`starting`: the program must have succeeded).
     A die read with another training's layout gives nonsense (88 % error), so a die last
     written by a measurement, by a program that did not succeed, or by another method or
-    training is refused; without train_run the job takes the program's. A train_run given
-    is trusted for a die with no program on record, or one programmed with raw targets
-    (programmed outside the service, or from targets computed outside)."""
+    training is refused; without train_run the job takes the program's (and `pinned_to`
+    records it: at the start a missing or raw-targets writer is refused, not trusted). A
+    train_run the user gave is trusted for a die with no program on record, or one
+    programmed with raw targets (outside the service, or from targets computed outside)."""
     if job.method is None:
         return
     die = f"{job.die[0]},{job.die[1]}"
+    given = job.train_run is not None and job.pinned_to is None  # by the user, not the pin
     if writer is None:
-        if job.train_run is None:
+        if job.pinned_to is not None:  # its program was cancelled before it started
+            raise RejectedJobError(f"program job {job.pinned_to}, whose training this infer "
+                                   f"reads, never wrote die {die}; program the die first")
+        if not given:
             raise RejectedJobError(f"no program job on record puts a trained method on die "
                                    f"{die}; program it first (or give train_run)")
         return
@@ -393,7 +404,7 @@ def pin_to_programmed(job: InferJob, writer: DieWriter | None, starting: bool = 
                                "holds at most part of it; program the die again first")
     held, held_run = params.get("method"), params.get("train_run")
     if held is None:
-        if job.train_run is None:
+        if not given:
             raise RejectedJobError(f"die {die} was last programmed with raw targets (job "
                                    f"{job_id}); give train_run to read it as a trained method")
         return
@@ -408,7 +419,8 @@ def pin_to_programmed(job: InferJob, writer: DieWriter | None, starting: bool = 
     if job.train_run is not None and job.train_run != held_run:
         raise RejectedJobError(f"die {die} holds training run {held_run} of {held!r} (job "
                                f"{job_id}), not training run {job.train_run}")
-    job.train_run = held_run
+    if not given:  # pinned: the start checks against this program, never trusts the run
+        job.train_run, job.pinned_to = held_run, job.pinned_to or job_id
 
 
 def validate_job(job: JobRequest, info: StationInfo, store_path: Path,

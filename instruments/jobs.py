@@ -24,6 +24,7 @@ from .job_kinds import (
     ARRAY_FIELDS,
     REQUEST,
     RUNNERS,
+    DieWriter,
     JobContext,
     StationInfo,
     StopRequestedError,
@@ -114,6 +115,8 @@ class QueueFileError(RuntimeError):
 
 #: how long a write to the queue waits for another process's lock before failing
 BUSY_WAIT_S = 60.0
+#: the same for what is retried or may be skipped: the idle worker's poll, progress reports
+QUICK_WAIT_S = 0.5
 
 
 def _busy(err: sqlite3.Error) -> bool:
@@ -162,16 +165,16 @@ class JobStore:
             self.db.executescript(_SCHEMA)
             with self._tx() as db:
                 _describe_old_jobs(db)
-                #: (id, summary) of the jobs a stopped service left running, now interrupted
-                self.interrupted_at_start = [
-                    (int(i), json.loads(summary)) for i, summary in db.execute(
-                        "SELECT id, summary FROM jobs WHERE state='running'").fetchall()]
                 db.execute("UPDATE jobs SET state='interrupted', finished=?, version=version+1, "
                            "error='the service stopped while the job was running' "
                            "WHERE state='running'", (time.time(),))
                 self._prune(db)
         except sqlite3.Error as err:
             self._held.close()
+            if _busy(err):
+                raise QueueFileError(f"{self.path}: the job queue is locked by another process "
+                                     f"({err}); end that (an sqlite3 session?) and start again"
+                                     ) from None
             raise QueueFileError(f"{self.path}: the job queue cannot be opened ({err}; "
                                  "corrupted, or another program's database?); move it aside "
                                  "to start with an empty queue (the run store is not "
@@ -190,9 +193,17 @@ class JobStore:
         db.execute(f"DELETE FROM jobs WHERE id IN ({old})", args)
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, quick: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction; waits up to BUSY_WAIT_S for another process's lock on the
+        file, or QUICK_WAIT_S if `quick` (polls and progress: retried or skipped)."""
         with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
+            if quick:
+                self.db.execute(f"PRAGMA busy_timeout={int(QUICK_WAIT_S * 1000)}")
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            finally:
+                if quick:
+                    self.db.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
             try:
                 yield self.db
             except BaseException:
@@ -223,9 +234,10 @@ class JobStore:
             except Exception:  # a broken listener must not break the queue
                 log.exception("job listener failed")
 
-    def _update(self, job_id: int, sql: str, args: tuple[Any, ...], where: str = "") -> bool:
+    def _update(self, job_id: int, sql: str, args: tuple[Any, ...], where: str = "",
+                quick: bool = False) -> bool:
         """Apply `UPDATE jobs SET <sql>` to one job, bump its version, publish it."""
-        with self._tx() as db:
+        with self._tx(quick) as db:
             cur = db.execute(f"UPDATE jobs SET {sql}, version=version+1 WHERE id=? {where}",
                              (*args, job_id))
             row = self._changed(db, job_id) if cur.rowcount else None
@@ -265,8 +277,7 @@ class JobStore:
             raise KeyError(job_id)
         return {"kind": row[0], **json.loads(row[1])}
 
-    def last_writer(self, die: Any, before: int | None = None
-                    ) -> tuple[int, str, str, dict[str, Any]] | None:
+    def last_writer(self, die: Any, before: int | None = None) -> DieWriter | None:
         """(id, kind, state, params) of the newest job that writes `die`'s cells: a program
         or measure job on it, or any sweep (measuring a die rewrites every cell). Jobs
         cancelled before they started are left out; with `before` (a job id), only the jobs
@@ -309,6 +320,17 @@ class JobStore:
         return None if row is None else bytes(row[0])
 
     # ---- transitions -----------------------------------------------------------------------
+    def interrupted_runs(self) -> list[tuple[int, int]]:
+        """(job id, run id) of the interrupted jobs that wrote to a run (sweeps), not yet
+        resumed: their runs may still read `running` in the run store."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT id, json_extract(summary, '$.run_id') FROM jobs WHERE "
+                "state='interrupted' AND json_extract(summary, '$.run_id') IS NOT NULL AND "
+                "id NOT IN (SELECT resumed_from FROM jobs WHERE resumed_from IS NOT NULL)"
+            ).fetchall()
+        return [(int(job_id), int(run_id)) for job_id, run_id in rows]
+
     def check_not_resumed(self, job_id: int) -> None:
         """AlreadyResumedError naming the job that resumed `job_id`, if one did."""
         with self._lock:
@@ -332,8 +354,9 @@ class JobStore:
         return self.view(row)
 
     def claim_next(self) -> dict[str, Any] | None:
-        """Mark the oldest queued job running and return its params (None if none)."""
-        with self._tx() as db:
+        """Mark the oldest queued job running and return its params (None if none); waits
+        QUICK_WAIT_S for another process's lock (the idle worker polls again)."""
+        with self._tx(quick=True) as db:
             row = db.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1"
                              ).fetchone()
             if row is None:
@@ -350,10 +373,11 @@ class JobStore:
                      (), "AND state='running'")
 
     def progress(self, job_id: int, done: int, total: int | None, message: str = "") -> None:
-        """Report progress; best effort: a queue locked by another process past
-        BUSY_WAIT_S skips this report rather than fail the measurement."""
+        """Report progress; best effort: a queue locked by another process for more than
+        QUICK_WAIT_S skips this report rather than hold up or fail the measurement."""
         try:
-            self._update(job_id, "done=?, total=?, message=?", (done, total, message))
+            self._update(job_id, "done=?, total=?, message=?", (done, total, message),
+                         quick=True)
         except sqlite3.OperationalError as err:
             if not _busy(err):
                 raise

@@ -208,9 +208,9 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
     HAT and SAT start from the store's baseline for this sweep (same data, seed and network),
     training one first if there is none. SAT's weights are also placed on every measured die
     (the `placed` method). on_epoch(stage, done, total, loss) runs after every epoch (besides
-    the progress bars), on_step(what) before each step after HAT's or SAT's last epoch
-    (placement, storing); an exception from either stops training and that method is not
-    stored (a baseline trained on the way is).
+    the progress bars), on_step(what) before each step after the method's last epoch
+    (SAT's placement, storing); an exception from either stops training and that method is
+    not stored (a baseline trained on the way for HAT or SAT is).
     """
     step = on_step or (lambda _what: None)
     if method not in TRAIN_METHODS:
@@ -227,7 +227,7 @@ def train_from_store(store_path: str | Path, method: str, seed: int = 0,
                         placement=method == "sat" or (method == "hat" and config.hat_placement))
         if method == "baseline":
             run_id, info, _weights = _train_baseline(store, measured, data, data_dir, seed,
-                                                     config, quiet, epochs)
+                                                     config, quiet, epochs, step)
         else:
             baseline, base_err = _baseline_for(store, measured, data, data_dir, seed, config,
                                                quiet, epochs)
@@ -285,11 +285,15 @@ def _info(method: str, measured: MeasuredWafer, data_dir: str | None, seed: int,
 
 def _train_baseline(store: RunStore, measured: MeasuredWafer, data: BinaryData,
                     data_dir: str | None, seed: int, config: ExperimentConfig, quiet: bool,
-                    epochs: StageEpochHook | None = None
+                    epochs: StageEpochHook | None = None,
+                    step: Callable[[str], None] | None = None
                     ) -> tuple[int, dict[str, Any], list[torch.Tensor]]:
-    """Train and store the software baseline: (run id, its train record, its weights)."""
+    """Train and store the software baseline: (run id, its train record, its weights);
+    step(what) runs before storing (see train_from_store)."""
     say(quiet, "training the software baseline")
     result, err = run_baseline(data, config, seed, for_stage(epochs, "baseline"))
+    if step is not None:
+        step("storing the baseline weights")
     run_id, info = _save_trained(store, measured, "baseline", seed, data_dir, config, result,
                                  None, err)
     return run_id, info, result.weights

@@ -191,10 +191,10 @@ class BodyLimit:
 
 
 # ---- the app ------------------------------------------------------------------------------------
-def _mark_runs_interrupted(store_path: Path, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-    """The runs of jobs a stopped service left running (killed mid-sweep) are `interrupted`
-    in the run store too, not `running` forever with no process behind them."""
-    runs = [(job_id, summary["run_id"]) for job_id, summary in jobs if "run_id" in summary]
+def _mark_runs_interrupted(store_path: Path, runs: list[tuple[int, int]]) -> None:
+    """The runs (job id, run id) of interrupted jobs (a service killed mid-sweep) that still
+    read `running` are marked `interrupted` in the run store too, not left `running` forever
+    with no process behind them; tried at every start."""
     if not runs or not store_path.exists():
         return
     from .store import RunStore, StoreError
@@ -219,16 +219,18 @@ class Service:
                  keep_finished: int = 1000) -> None:
         self.config = config
         self.store_path = store_path
-        self.jobs = JobStore(jobs_path, max_queued=max_queued, keep_finished=keep_finished)
-        try:  # the queue may sit elsewhere (jobs_path): the store's station is locked too
-            self._station = hold_station(store_path)
-        except BaseException:
-            self.jobs.close()
-            raise
-        if self._station is None:
+        # the store's station first (the queue may sit elsewhere: jobs_path), then the queue
+        self._station_lock = hold_station(store_path)
+        if self._station_lock is None:
             log.warning("%s: cannot lock the station (no file locks here); do not sweep this "
                         "store from another process while the service runs", store_path)
-        _mark_runs_interrupted(store_path, self.jobs.interrupted_at_start)
+        try:
+            self.jobs = JobStore(jobs_path, max_queued=max_queued, keep_finished=keep_finished)
+        except BaseException:
+            self._release_station()
+            raise
+        # no process drives the station but this one: a sweep's run left `running` is dead
+        _mark_runs_interrupted(store_path, self.jobs.interrupted_runs())
         self.broker = EventBroker()
         self.jobs.listeners.append(self.broker.publish)
         self.worker = Worker(config, self.jobs, store_path, station_factory=station_factory,
@@ -243,8 +245,12 @@ class Service:
     def stop(self) -> None:
         self.worker.stop()
         self.jobs.close()
-        if self._station is not None:
-            self._station.close()
+        self._release_station()
+
+    def _release_station(self) -> None:
+        if self._station_lock is not None:
+            self._station_lock.close()
+            self._station_lock = None
 
     def job_or_404(self, job_id: int) -> dict[str, Any]:
         job = self.jobs.get(job_id)
@@ -272,7 +278,11 @@ def create_app(config: StationConfig, store_path: str | Path, *, token: str | No
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await anyio.to_thread.run_sync(svc.start)
+        try:
+            await anyio.to_thread.run_sync(svc.start)
+        except BaseException:
+            await anyio.to_thread.run_sync(svc.stop)
+            raise
         try:
             yield
         finally:
@@ -321,7 +331,7 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
                 "worker": worker}
 
     @app.get("/station", tags=["service"])
-    async def station() -> dict[str, Any]:
+    def station() -> dict[str, Any]:  # not async: the queue's count may wait for its lock
         """Identity, limits, wafer map and the instrument snapshot taken when it opened."""
         info = svc.worker.info
         assert info is not None
@@ -341,6 +351,9 @@ def _add_routes(app: FastAPI, svc: Service) -> None:
         if not svc.worker.alive:
             why = f" ({svc.worker.error})" if svc.worker.error else ""
             raise HTTPException(503, f"the worker has stopped{why}; restart the service")
+        if resumed_from is None and getattr(job, "pinned_to", None) is not None:
+            raise RejectedJobError("pinned_to is set by the service when it pins an infer to "
+                                   "a program job; give train_run instead")
         validate_job(job, svc.worker.info, svc.store_path, svc.jobs.last_writer)
         params = job.stored_params()
         try:
@@ -546,7 +559,7 @@ def serve(station_file: str | Path, host: str = "127.0.0.1", port: int = 8000,
         svc.worker.start()
     except BaseException:
         sock.close()
-        svc.jobs.close()
+        svc.stop()
         raise
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
     svc.on_ready.append(lambda: announce(

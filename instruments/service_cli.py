@@ -16,15 +16,19 @@ import io
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 
 from .cli import EXIT_FAILED, EXIT_OK, at_least
 from .job_kinds import ProgramMethod
+
+if TYPE_CHECKING:
+    from .client import Problem
 
 KINDS = ("sweep", "measure", "program", "infer", "train", "evaluate")
 #: --method: what a train job trains, or what a program or infer job takes from the store
@@ -184,9 +188,9 @@ def _follow(client: Any, job_id: int, args: argparse.Namespace, out: str | None)
         try:
             _save_result(client, job_id, out)
         except KeyboardInterrupt as stop:
+            again = _command(args, f"jobs --result {job_id} --out {shlex.quote(out)}")
             _stopped(args, stop, f"job {job_id} succeeded but its arrays were not saved; get "
-                                 f"them with `{_command(args, f'jobs --result {job_id} --out')} "
-                                 f"{out}`")
+                                 f"them with `{again}`")
             return EXIT_FAILED
     print(json.dumps(job["summary"]))
     return EXIT_OK
@@ -241,7 +245,7 @@ def _explained(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     return run
 
 
-def _problem_text(problem: Any, options: dict[str, str], params: bool) -> str:
+def _problem_text(problem: Problem, options: dict[str, str], params: bool) -> str:
     """One validation problem naming the option that sets its field (or --params)."""
     field, message = problem.field, problem.message
     if not field:  # the request as a whole: name the options its message speaks of

@@ -15,6 +15,7 @@ import pytest
 from instruments.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, main
 from instruments.demo import run_demo
 from instruments.job_kinds import (
+    REQUEST,
     InferJob,
     MeasureJob,
     ProgramJob,
@@ -364,12 +365,26 @@ def test_an_infer_job_refuses_a_die_its_program_no_longer_holds(tmp_path: Path) 
     queued = infer()
     pin_to_programmed(queued, jobs.last_writer((1, 0)))  # the queued program counts
     infer_id = submit(queued)
+    assert queued.pinned_to == newer and queued.train_run == 3
     assert jobs.cancel(newer)[0]  # cancelled before it started: the die holds SAT
-    pin_to_programmed(infer(train_run=3), None, starting=True)  # nothing on record: trusted
+    pin_to_programmed(infer(train_run=3), None, starting=True)  # given, none on record: trusted
+
+    def as_stored() -> InferJob:  # what the worker reads back when the job starts
+        job = REQUEST.validate_python(jobs.params(infer_id))
+        assert isinstance(job, InferJob)
+        return job
+
     with pytest.raises(RejectedJobError, match=re.escape("die 1,0 holds 'sat' (training run 2, "
                                                          "job 1)")):
-        pin_to_programmed(infer(train_run=3), jobs.last_writer((1, 0), before=infer_id),
-                          starting=True)
+        pin_to_programmed(as_stored(), jobs.last_writer((1, 0), before=infer_id), starting=True)
+    # pinned (not given): nothing on record, or raw targets, is refused rather than trusted
+    with pytest.raises(RejectedJobError, match=f"program job {newer}, whose training this infer "
+                                               "reads, never wrote die 1,0"):
+        pin_to_programmed(as_stored(), None, starting=True)
+    raw = (1, "program", "succeeded", {"die": [1, 0], "targets": {"dtype": "uint8"}})
+    with pytest.raises(RejectedJobError, match="last programmed with raw targets"):
+        pin_to_programmed(as_stored(), raw, starting=True)
+    pin_to_programmed(infer(train_run=3), raw, starting=True)  # given: trusted
     assert _finish_next(jobs, "failed") == infer_id
     for kind, state, message in (
             ("program", "failed", "last program job 4 is failed: the die holds at most part"),

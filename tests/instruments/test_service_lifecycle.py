@@ -266,13 +266,59 @@ def test_a_chunked_body_too_large_is_413(service) -> None:
 
 def test_a_second_service_on_the_same_queue_is_refused(tmp_path: Path) -> None:
     with live(tmp_path):
-        with pytest.raises(StoreInUseError, match="another mtjlab service"):
-            create_app(small_config(), tmp_path / "run.sqlite")
-        # its own queue, the same store: the same station (and a CLI sweep of it, test_cli)
-        with pytest.raises(LockBusyError, match="driving the station of this store"):
-            create_app(small_config(), tmp_path / "run.sqlite",
-                       jobs_path=tmp_path / "other.jobs.sqlite")
-    other = JobStore(tmp_path / "other.jobs.sqlite")  # the refused service let its queue go
+        # the same store, with its queue or another: the same station (a CLI sweep, test_cli)
+        for jobs_path in (None, tmp_path / "other.jobs.sqlite"):
+            with pytest.raises(LockBusyError, match="driving the station of this store"):
+                create_app(small_config(), tmp_path / "run.sqlite", jobs_path=jobs_path)
+        with pytest.raises(StoreInUseError, match="another mtjlab service"):  # the same queue
+            create_app(small_config(), tmp_path / "other.sqlite",
+                       jobs_path=tmp_path / "run.jobs.sqlite")
+    for path in ("run.sqlite", "other.sqlite"):  # the refused services let their locks go
+        create_app(small_config(), tmp_path / path).state.service.stop()
+
+
+def test_runs_of_interrupted_jobs_are_marked_at_the_first_start_that_can(
+        tmp_path: Path) -> None:
+    """A sweep's run stayed `running` forever if the first start after a kill was refused
+    (a CLI sweep held the station) or could not write the store: every start tries."""
+    from instruments.locking import hold_station
+    from instruments.store import RunStore
+
+    store = tmp_path / "run.sqlite"
+    with RunStore(store) as rs:
+        run_id = rs.create_run("sweep", "name: x\n", {}, "test", {})
+    jobs = JobStore(tmp_path / "run.jobs.sqlite")
+    job_id = jobs.submit("sweep", {})["id"]
+    jobs.claim_next()
+    jobs.note(job_id, run_id=run_id)
+    jobs.close()  # as a killed service leaves it: the job `running`
+    held = hold_station(store)  # a CLI sweep of the store at the first restart
+    with pytest.raises(LockBusyError):
+        create_app(small_config(), store)
+    assert held is not None
+    held.close()
+    create_app(small_config(), store).state.service.stop()
+    with RunStore(store, read_only=True) as rs:
+        row = rs.run_row(run_id)
+    assert row["status"] == "interrupted"
+    assert f"resume with 'mtjlab jobs --resume {job_id}'" in row["error"]
+
+
+def test_a_queue_locked_at_start_is_not_called_corrupted(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    import instruments.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "BUSY_WAIT_S", 0.1)
+    path = tmp_path / "q.jobs.sqlite"
+    JobStore(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(jobs_module.QueueFileError, match="locked by another process") as err:
+        JobStore(path)
+    assert "corrupted" not in str(err.value)
+    other.execute("ROLLBACK")
     other.close()
     create_app(small_config(), tmp_path / "run.sqlite").state.service.jobs.close()  # free again
 
@@ -411,3 +457,12 @@ def test_the_idle_worker_outlives_a_locked_queue(tmp_path: Path,
         other.execute("ROLLBACK")
         other.close()
         assert worker.alive and worker.error is None
+
+
+def test_pinned_to_is_the_services_to_set(tmp_path: Path) -> None:
+    """An infer's pin to a program job is set when the service checks it; a client giving
+    one would skip the start's check that the die still holds that program."""
+    with live(tmp_path) as (url, _app), client(url) as c, \
+            pytest.raises(RequestRejectedError, match="pinned_to is set by the service"):
+        c.submit("infer", die=(0, 0), method="sat", train_run=2, pinned_to=1,
+                 inputs=np.zeros((1, 100), np.uint8))
