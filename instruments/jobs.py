@@ -70,7 +70,10 @@ CREATE TABLE IF NOT EXISTS results (job_id INTEGER PRIMARY KEY, npz BLOB NOT NUL
 #: params themselves (megabytes of base64 for an infer job, decoded only to run it)
 _COLUMNS = ("id", "kind", "described", "state", "submitted", "started", "finished",
             "attempts", "done", "total", "message", "summary", "error", "cancel_requested",
-            "resumed_from", "version")
+            "resumed_from", "version", "resumed_as")
+#: the select list of _COLUMNS: resumed_as is the job that resumed this one, if any
+_SELECT = ",".join(_COLUMNS[:-1]) + (",(SELECT r.id FROM jobs AS r WHERE "
+                                     "r.resumed_from=jobs.id) AS resumed_as")
 
 
 def _iso(t: float | None) -> str | None:
@@ -217,7 +220,7 @@ class JobStore:
             self._held.close()
 
     def _row(self, db: sqlite3.Connection, job_id: int) -> dict[str, Any] | None:
-        row = db.execute(f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE id=?",
+        row = db.execute(f"SELECT {_SELECT} FROM jobs WHERE id=?",
                          (job_id,)).fetchone()
         return None if row is None else dict(zip(_COLUMNS, row, strict=True))
 
@@ -260,7 +263,8 @@ class JobStore:
             "progress": {"done": row["done"], "total": row["total"], "message": row["message"]},
             "summary": json.loads(row["summary"]), "error": row["error"],
             "cancel_requested": bool(row["cancel_requested"]),
-            "resumed_from": row["resumed_from"], "version": row["version"],
+            "resumed_from": row["resumed_from"], "resumed_as": row["resumed_as"],
+            "version": row["version"],
         }
 
     def get(self, job_id: int) -> dict[str, Any] | None:
@@ -300,7 +304,7 @@ class JobStore:
     def list(self, state: str | None = None, kind: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` jobs (optionally of one state or kind), oldest first."""
-        sql, args = f"SELECT {','.join(_COLUMNS)} FROM jobs WHERE 1=1", []
+        sql, args = f"SELECT {_SELECT} FROM jobs WHERE 1=1", []
         for col, value in (("state", state), ("kind", kind)):
             if value is not None:
                 sql += f" AND {col}=?"

@@ -78,6 +78,7 @@ class JobView(BaseModel):
     error: str | None
     cancel_requested: bool
     resumed_from: int | None
+    resumed_as: int | None = None  # the job that resumed this one
     version: int
 
 

@@ -157,8 +157,17 @@ def cmd_jobs(args: argparse.Namespace) -> int:
           "summary / error")
     for j in jobs:
         print(f"{j['id']:>5}  {j['kind']:<9} {j['state']:<12} {_progress(j):<10} "
-              f"{j['submitted_at'][:19]:<20} {j['error'] or _brief(j['summary'])}")
+              f"{j['submitted_at'][:19]:<20} {_outcome(j)}")
     return EXIT_OK
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    """The listing's last column: the error or the summary, and the job that resumed it
+    (its error's "resume with ..." hint is done with)."""
+    text = job["error"] or _brief(job["summary"])
+    if job.get("resumed_as") is not None:
+        text = f"resumed as job {job['resumed_as']}; {text.split('; resume with')[0]}"
+    return text
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -295,3 +295,15 @@ def test_out_writes_exactly_the_file_it_names(url: str, tmp_path: Path,
     again = tmp_path / "again"
     assert main(["jobs", "--result", str(job_id), "--out", str(again), "--server", url]) == 0
     assert again.is_file() and again.read_bytes() == out.read_bytes()
+
+
+def test_the_listing_says_a_job_was_resumed_instead_of_how_to_resume_it() -> None:
+    from instruments.service_cli import _outcome
+
+    stopped = {"error": "stopped before die 3,0; resume with 'mtjlab jobs --resume 3' (run 2)",
+               "summary": {"run_id": 2}, "resumed_as": None}
+    assert _outcome(stopped) == stopped["error"]
+    assert _outcome({**stopped, "resumed_as": 5}) == ("resumed as job 5; stopped before die "
+                                                      "3,0")
+    assert _outcome({"error": None, "summary": {"run_id": 2}, "resumed_as": None}) == \
+        '{"run_id": 2}'

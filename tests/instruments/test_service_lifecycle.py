@@ -188,7 +188,8 @@ def test_cancel_running_sweep_then_resume(tmp_path: Path) -> None:
         assert 2 <= done < 36
         run_id = stopped["summary"]["run_id"]
         again = c.resume(job["id"])
-        assert again["resumed_from"] == job["id"]
+        assert again["resumed_from"] == job["id"] and again["resumed_as"] is None
+        assert c.get(job["id"])["resumed_as"] == again["id"]
         assert again["params"]["resume_run"] == run_id
         with pytest.raises(RequestRejectedError, match=f"already resumed as job {again['id']}"):
             c.resume(job["id"])  # once: a second resume queued the sweep twice
