@@ -26,7 +26,7 @@ from bench_paper import best_time, wafer_maps
 
 from simulated_hw import SimulatedWafer, WaferConfig
 from training.datasets import load_default
-from training.evaluation import defective_neurons, evaluate_on_dies
+from training.evaluation import defective_neurons, evaluate_on_dies, ideal_hidden
 from training.experiment import ExperimentConfig, prepare, run_baseline
 from training.mapping import DeviceModel, dies_deviations
 from training.network import shared_weights
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     t36 = best_time(lambda: evaluate_on_dies(w, x, y, setup.layout, setup.cells, net),
                     args.repeat)
     # the hidden layer's per-die part, its shared inputs made beforehand
-    w1 = shared_weights(w, net)[0]
-    s1, xt = (w1 > 0).float(), x.T.contiguous()
-    z1 = (2 * s1 - 1).T @ xt
+    s1, xt, z1 = ideal_hidden(shared_weights(w, net)[0], x)
     d1 = dies_deviations(setup.layout, setup.cells)[0]  # type: ignore[index]
     hidden = defective_neurons(s1, xt, z1, d1, net)
     t_hidden = best_time(lambda: defective_neurons(s1, xt, z1, d1, net), args.repeat)

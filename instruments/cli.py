@@ -57,12 +57,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _holding_station(store_path: Path) -> Iterator[None]:
     """Hold the store's station lock (`locking.hold_station`) while the block drives it."""
-    from .locking import hold_station
+    from .locking import hold_station, unlocked_station_warning
 
     held = hold_station(store_path)
     if held is None:
-        print(f"warning: {store_path}: cannot lock the station (no file locks here); do not "
-              "drive it from another process meanwhile", file=sys.stderr, flush=True)
+        print(f"warning: {unlocked_station_warning(store_path)}", file=sys.stderr, flush=True)
     try:
         yield
     finally:

@@ -50,11 +50,15 @@ def hold_station(store_path: Path) -> IO[bytes] | None:
     lock = station_lock(Path(store_path))
     try:
         held = hold_exclusively(lock)
-    except ValueError:
-        raise
-    except OSError:
+    except OSError:  # (a missing folder is a ValueError, raised)
         return None
     if held is None:
         raise LockBusyError(f"{lock}: another mtjlab process (a service or a sweep) is driving "
                             "the station of this store; wait for it to end or stop it")
     return held
+
+
+def unlocked_station_warning(store_path: Path) -> str:
+    """What to tell the operator when `hold_station` could not lock at all."""
+    return (f"{store_path}: cannot lock the station (no file locks here); do not drive it "
+            "from another process meanwhile")

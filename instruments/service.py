@@ -40,7 +40,7 @@ from .job_kinds import (
     validate_job,
 )
 from .jobs import TERMINAL, AlreadyResumedError, JobStore, QueueFullError, Worker
-from .locking import hold_station
+from .locking import hold_station, unlocked_station_warning
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,7 @@ class Service:
         # the store's station first (the queue may sit elsewhere: jobs_path), then the queue
         self._station_lock = hold_station(store_path)
         if self._station_lock is None:
-            log.warning("%s: cannot lock the station (no file locks here); do not sweep this "
-                        "store from another process while the service runs", store_path)
+            log.warning(unlocked_station_warning(store_path))
         try:
             self.jobs = JobStore(jobs_path, max_queued=max_queued, keep_finished=keep_finished)
         except BaseException:

@@ -107,6 +107,16 @@ def _may_flag(inv: torch.Tensor, excess_terms: torch.Tensor, n_keys: int, tol: f
     return flag, sub[w], w
 
 
+def ideal_hidden(w1: torch.Tensor, x: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What every die shares in the hidden layer of shared weights w1 (n_in, H) on inputs x
+    (N, n_in): s1 (1.0 where a weight is +1), the inputs transposed (n_in, N) and the ideal
+    currents z1 (H, N), the inputs of `defective_neurons`."""
+    s1 = (w1 > 0).float()
+    xt = x.T.contiguous()
+    return s1, xt, (2 * s1 - 1).T @ xt
+
+
 @dataclass(frozen=True)
 class DefectiveNeurons:
     """The hidden neurons that carry a defect on some die, read out on every sample."""
@@ -128,10 +138,10 @@ def defective_neurons(s1: torch.Tensor, xt: torch.Tensor, z1: torch.Tensor,
         empty = torch.zeros(0, dtype=torch.long)
         return DefectiveNeurons(keys, torch.zeros(0, xt.shape[1], dtype=torch.bool),
                                 (empty, empty))
-    jj = keys % d1.n_out
+    z1_at = z1.index_select(0, keys % d1.n_out)  # their ideal currents
     s_at = s1[d1.row, d1.col]
     z = _sparse_product(inv, d1.row, d1.da + s_at * d1.db, keys.numel(), xt)
-    z.add_(z1.index_select(0, jj))
+    z.add_(z1_at)
     if net_config.readout == "common_mode":
         tol = net_config.readout_tol
         terms = d1.dc + s_at * d1.de
@@ -140,8 +150,7 @@ def defective_neurons(s1: torch.Tensor, xt: torch.Tensor, z1: torch.Tensor,
         zf = z[flag]
         z[flag] = zf - readout_correction(zf, excess, tol)
     on = z > 0
-    return DefectiveNeurons(keys, on, (on != (z1 > 0).index_select(0, jj)).nonzero(
-        as_tuple=True))
+    return DefectiveNeurons(keys, on, (on != (z1_at > 0)).nonzero(as_tuple=True))
 
 
 @torch.no_grad()
@@ -164,15 +173,14 @@ def _deviation_scores(weights: Sequence[torch.Tensor], x: torch.Tensor,
     tol = net_config.readout_tol
     reads = net_config.output_reads if common else 1
     w1, w2 = shared_weights(weights, net_config)
-    s1, s2 = (w1 > 0).float(), (w2 > 0).float()
-    xt = x.T.contiguous()  # (n_in, N)
+    s1, xt, z1 = ideal_hidden(w1, x)  # z1 (H, N): the ideal currents
+    s2 = (w2 > 0).float()
     c_phys = s2.shape[1]
     # The output layer's reads as virtual columns (read, c) of (H, reads * C) (`per_read`);
     # with one read this is the layer itself.
     read_j = read_of(torch.arange(hid), reads)
     pm2 = 2 * s2 - 1  # (H, C) weights +-1
     n_out2 = reads * c_phys
-    z1 = (2 * s1 - 1).T @ xt  # (H, N) ideal
     h1 = z1 > 0
     scores = (h1.T.float() @ per_read(pm2, reads)).expand(n_dies, -1, -1).contiguous()
     # the output layer's inputs that are on, per die, read and sample (the read-out's n)
